@@ -1,0 +1,24 @@
+"""`DataSplits`: what a dataset component gives the rest of the suite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DataSplits:
+    """Train / validation / test sets of one dataset plus what models need to know about it.
+
+    `val` is what a search scores candidates on; `test` is touched only by
+    `tools/test.py` and final tables.
+    """
+
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    class_names: list[str] = field(default_factory=list)

@@ -1,0 +1,92 @@
+"""Lightning module and trainer factory for training a chosen architecture.
+
+`SupervisedModule` wraps any network with a loss and an evaluation function
+supplied by the task; `make_trainer` turns the `train` config section into a
+`lightning.Trainer` (accelerator, devices, DDP strategy, precision come from
+config keys, so scaling out is Lightning's job, not ours).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+
+class SupervisedModule(L.LightningModule):
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+                 batch_metrics: Callable[[Any, torch.Tensor], dict[str, float]], train_cfg: dict[str, Any]):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.batch_metrics = batch_metrics
+        self.train_cfg = train_cfg
+        self._val: dict[str, float] = {}
+        self._val_n = 0
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss_fn(self.model(x), y)
+        if not math.isfinite(float(loss)):
+            raise FloatingPointError(f"training loss is {float(loss)} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._val, self._val_n = {}, 0
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        out = self.model(x)
+        for name, value in self.batch_metrics(out, y).items():
+            self._val[name] = self._val.get(name, 0.0) + value * len(y)
+        self._val_n += len(y)
+
+    def on_validation_epoch_end(self):
+        for name, total in self._val.items():
+            self.log(f"val/{name}", total / max(self._val_n, 1), prog_bar=name == "accuracy", sync_dist=True)
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        params = self.model.parameters()
+        if cfg["optimizer"] == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                                  nesterov=cfg["momentum"] > 0)
+        elif cfg["optimizer"] in ("adam", "adamw"):
+            cls = torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.AdamW
+            opt = cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        else:
+            raise ValueError(f"train.optimizer: expected sgd, adam or adamw, got {cfg['optimizer']!r}")
+        if cfg["scheduler"] == "none":
+            return opt
+        if cfg["scheduler"] != "cosine":
+            raise ValueError(f"train.scheduler: expected cosine or none, got {cfg['scheduler']!r}")
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def make_trainer(train_cfg: dict[str, Any], run_dir: Path, progress: bool = True) -> L.Trainer:
+    """A Trainer logging to TensorBoard in `run_dir/tb` and keeping the last checkpoint in `run_dir/checkpoints`."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    return L.Trainer(
+        max_epochs=train_cfg["epochs"], accelerator=train_cfg["accelerator"], devices=train_cfg["devices"],
+        strategy=train_cfg["strategy"], precision=train_cfg["precision"],
+        gradient_clip_val=train_cfg["grad_clip"] or None, log_every_n_steps=train_cfg["log_every_n_steps"],
+        logger=TensorBoardLogger(str(run_dir), name="tb", version=""),
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)],
+        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=str(run_dir),
+    )

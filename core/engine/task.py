@@ -1,0 +1,62 @@
+"""`Task`: what a task package tells the generic tools (search, train, test, export, profile).
+
+A task registers a subclass in `TASKS`; `core.cli` drives it. The base class
+implements the parts every task shares (data and space from the registries,
+evaluator, checkpoint payloads); a task supplies training and testing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.engine.data import DataSplits
+from core.engine.registry import DATASETS, EVALUATORS, SPACES, ConfigError
+from core.evaluation.base import Evaluator
+from core.space import Arch, SearchSpace
+
+
+class Task:
+    name = "task"
+    #: metric names a final table shows, in order
+    table_metrics: tuple[str, ...] = ()
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+
+    # -- building blocks from the config ------------------------------------------------
+    def data(self) -> DataSplits:
+        if not self.cfg.get("data"):
+            raise ConfigError("data: missing section; name a dataset, e.g. data: {name: digits}")
+        return DATASETS.build(self.cfg["data"], "data")
+
+    def space_overrides(self, data: DataSplits) -> dict[str, Any]:
+        """Space arguments the data decides (input channels, classes) unless the config sets them."""
+        return {}
+
+    def space(self, data: DataSplits) -> SearchSpace:
+        section = self.cfg.get("space")
+        if not section:
+            raise ConfigError("space: missing section; name a search space, e.g. space: {name: mobile}")
+        extra = {k: v for k, v in self.space_overrides(data).items() if k not in section}
+        return SPACES.build(section, "space", **extra)
+
+    def evaluator(self, space: SearchSpace, data: DataSplits) -> Evaluator:
+        section = self.cfg.get("evaluator") or {"name": "train"}
+        return EVALUATORS.build(section, "evaluator", space=space, data=data)
+
+    def baseline(self, name: str, space: SearchSpace) -> Arch:
+        raise ConfigError(f"retrain.baselines: task {self.name!r} has no baseline {name!r}")
+
+    def example_input(self, data: DataSplits) -> torch.Tensor:
+        return torch.randn(1, *data.input_shape)
+
+    # -- what each task implements --------------------------------------------------------
+    def train(self, model: nn.Module, data: DataSplits, run_dir: Path, progress: bool = True) -> dict[str, float]:
+        raise NotImplementedError(f"task {self.name!r} does not implement training")
+
+    def test(self, model: nn.Module, data: DataSplits, run_dir: Path | None = None) -> dict[str, float]:
+        raise NotImplementedError(f"task {self.name!r} does not implement testing")

@@ -1,0 +1,123 @@
+"""The search loop: space + strategy + evaluator + objective + journal + executor.
+
+Resuming replays the strategy against the journal: trial i of the new run
+must ask the same arch as trial i of the journal (strategies are
+deterministic for a seed and a sequence of tells), and its recorded result is
+told instead of evaluating again. An arch seen before in the same search is
+answered from the cache and journaled as `cached`, so nothing is evaluated
+twice and nothing is lost after a kill.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from core.evaluation.base import Evaluator
+from core.evaluation.result import Result
+from core.executors import SerialExecutor
+from core.journal import Journal, Trial
+from core.objective import Objective
+from core.space import Arch, SearchSpace
+from core.strategies.base import Strategy
+
+
+class ResumeError(RuntimeError):
+    """The journal was written by a different search (seed, strategy, space or evaluator changed)."""
+
+
+@dataclass
+class SearchSummary:
+    best_arch: Arch | None
+    best_result: Result | None
+    trials: list[tuple[Arch, Result]]
+    pareto: list[tuple[Arch, Result]]
+    evaluations: int
+    replayed: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Search:
+    def __init__(self, space: SearchSpace, strategy: Strategy, evaluator: Evaluator, objective: Objective,
+                 journal: Journal, budget: int, executor: SerialExecutor | None = None, batch_size: int = 1,
+                 progress: bool = True, on_trial: Callable[[int, Arch, Result], None] | None = None):
+        if budget < 1:
+            raise ValueError(f"search.budget must be >= 1, got {budget}")
+        if batch_size < 1:
+            raise ValueError(f"search.batch_size must be >= 1, got {batch_size}")
+        self.space, self.strategy, self.evaluator = space, strategy, evaluator
+        self.objective, self.journal, self.budget = objective, journal, budget
+        self.executor = executor or SerialExecutor()
+        self.batch_size, self.progress, self.on_trial = batch_size, progress, on_trial
+        strategy.objective = objective
+        self.fingerprint = evaluator.fingerprint()
+
+    def _check_journal(self) -> list[Trial]:
+        stored = self.journal.get_meta("fingerprint")
+        if stored is None:
+            self.journal.set_meta("fingerprint", self.fingerprint)
+        elif stored != self.fingerprint:
+            raise ResumeError(f"journal {self.journal.path} was written by another evaluator recipe "
+                              f"(fingerprint {stored}, now {self.fingerprint}); start a new run folder")
+        return self.journal.trials()
+
+    def run(self) -> SearchSummary:
+        start = time.perf_counter()
+        past = self._check_journal()
+        cache: dict[Arch, Result] = {t.arch: t.result for t in past if not t.cached}
+        trials: list[tuple[Arch, Result]] = []
+        evaluations = 0
+        bar = tqdm(total=self.budget, desc="search", unit="arch", disable=not self.progress, dynamic_ncols=True)
+        best = -math.inf
+        while len(trials) < self.budget:
+            archs = self.strategy.ask(min(self.batch_size, self.budget - len(trials)))
+            results: list[Result | None] = [None] * len(archs)
+            fresh: list[int] = []
+            for i, arch in enumerate(archs):
+                index = len(trials) + i
+                if index < len(past):
+                    if past[index].arch != arch:
+                        raise ResumeError(
+                            f"trial {index}: the strategy now asks {arch.key} but the journal has {past[index].arch.key}; "
+                            "the seed, strategy or space changed since this journal was written")
+                    results[i] = past[index].result
+                elif arch in cache:
+                    results[i] = cache[arch]
+                else:
+                    fresh.append(i)
+            new = self.executor.map(self.evaluator, [archs[i] for i in fresh])
+            for i, result in zip(fresh, new):
+                results[i] = result
+            fresh_set = set(fresh)
+            for i, (arch, result) in enumerate(zip(archs, results)):
+                if len(trials) >= len(past):
+                    self.journal.record(arch, result, self.fingerprint, cached=i not in fresh_set)
+                if i in fresh_set:
+                    cache[arch] = result
+                    evaluations += 1
+                self.strategy.tell(arch, result)
+                trials.append((arch, result))
+                if self.on_trial:
+                    self.on_trial(len(trials) - 1, arch, result)
+                best = max(best, self.objective.fitness(result))
+            bar.update(len(archs))
+            if math.isfinite(best):
+                bar.set_postfix({self.objective.metric: f"{abs(best):.4g}"}, refresh=False)
+        bar.close()
+        best_entry = self._best(trials)
+        return SearchSummary(
+            best_arch=best_entry[0] if best_entry else None, best_result=best_entry[1] if best_entry else None,
+            trials=trials, pareto=self.objective.pareto_front(trials), evaluations=evaluations,
+            replayed=min(len(past), len(trials)), seconds=time.perf_counter() - start)
+
+    def _best(self, trials: list[tuple[Arch, Result]]) -> tuple[Arch, Result] | None:
+        best = None
+        for arch, result in trials:
+            if self.objective.fitness(result) > -math.inf and (best is None or self.objective.better(result, best[1])):
+                best = (arch, result)
+        return best

@@ -1,0 +1,61 @@
+"""Sample-based strategies speak ask/tell and are deterministic for a seed and a sequence of tells."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+from core.evaluation.result import Result
+from core.objective import Objective
+from core.space import Arch, SearchSpace
+
+
+class Strategy:
+    """Base class: `ask(n) -> list[Arch]`, `tell(arch, result)`.
+
+    Strategies rank results through `self.objective.fitness` (higher is
+    better, -inf for failed or infeasible ones). The search loop sets the
+    objective when the strategy was built without one.
+    """
+
+    max_fresh_tries = 100
+
+    def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None):
+        self.space = space
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.objective = objective or Objective()
+        self.seen: set[Arch] = set()
+        self.history: list[tuple[Arch, Result]] = []
+        self.asked = 0
+
+    def ask(self, n: int = 1) -> list[Arch]:
+        archs = [self.propose() for _ in range(n)]
+        self.asked += n
+        return archs
+
+    def propose(self) -> Arch:
+        raise NotImplementedError(f"{type(self).__name__} must implement propose() or ask()")
+
+    def tell(self, arch: Arch, result: Result) -> None:
+        self.history.append((arch, result))
+
+    def fitness(self, result: Result) -> float:
+        return self.objective.fitness(result)
+
+    def fresh(self, make: Callable[[], Arch]) -> Arch:
+        """An arch not proposed before, when one can be found in a few tries (else the last made)."""
+        arch = make()
+        for _ in range(self.max_fresh_tries):
+            if arch not in self.seen:
+                break
+            arch = make()
+        self.seen.add(arch)
+        return arch
+
+    def best(self) -> tuple[Arch, Result] | None:
+        if not self.history:
+            return None
+        arch, result = max(self.history, key=lambda item: self.fitness(item[1]))
+        return (arch, result) if self.fitness(result) > -math.inf else None

@@ -1,0 +1,54 @@
+"""The classification task: top-1/top-5 on any dataset component, trained with Lightning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from core.engine.data import DataSplits
+from core.engine.lightning import SupervisedModule, make_trainer
+from core.engine.registry import TASKS, ConfigError
+from core.engine.task import Task
+from core.evaluation.train import classification_loss, evaluate_classifier, topk_correct
+from core.space import Arch, SearchSpace
+from tasks.classification.baselines import BASELINES
+
+
+def batch_metrics(output: Any, target: torch.Tensor) -> dict[str, float]:
+    logits = output[0] if isinstance(output, tuple) else output
+    hits = topk_correct(logits, target)
+    return {"accuracy": hits[1] / len(target), "top5": hits[5] / len(target)}
+
+
+@TASKS.register("classification")
+class ClassificationTask(Task):
+    name = "classification"
+    table_metrics = ("accuracy", "top5")
+
+    def space_overrides(self, data: DataSplits) -> dict[str, Any]:
+        return {"in_channels": data.input_shape[0], "num_classes": data.num_classes}
+
+    def baseline(self, name: str, space: SearchSpace) -> Arch:
+        if name not in BASELINES:
+            raise ConfigError(f"retrain.baselines: unknown baseline {name!r}; known: {', '.join(sorted(BASELINES))}")
+        return BASELINES[name](space)
+
+    def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
+        g = torch.Generator().manual_seed(self.cfg["seed"])
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None,
+                          num_workers=self.cfg["train"]["num_workers"])
+
+    def train(self, model: nn.Module, data: DataSplits, run_dir: Path, progress: bool = True) -> dict[str, float]:
+        cfg = self.cfg["train"]
+        module = SupervisedModule(model, classification_loss, batch_metrics, cfg)
+        trainer = make_trainer(cfg, run_dir, progress=progress)
+        trainer.fit(module, self._loader(data.train, True, cfg["batch_size"]),
+                    self._loader(data.val, False, self.cfg["test"]["batch_size"]))
+        return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    def test(self, model: nn.Module, data: DataSplits, run_dir: Path | None = None) -> dict[str, float]:
+        return evaluate_classifier(model, self._loader(data.test, False, self.cfg["test"]["batch_size"]))

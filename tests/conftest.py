@@ -1,0 +1,21 @@
+import os
+
+os.environ.setdefault("ARCHFORGE_NO_PROGRESS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def onemax_space():
+    """20 choices of 4 options; the hidden target is option i % 4 for choice i."""
+    from core.space import Choice, SearchSpace
+
+    return SearchSpace([Choice(f"c{i}", (0, 1, 2, 3)) for i in range(20)])
+
+
+def onemax(arch):
+    return {"accuracy": float(sum(arch[f"c{i}"] == i % 4 for i in range(20))), "macs": 0.0, "params": 0.0}

@@ -1,0 +1,141 @@
+import math
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import onemax
+from core.evaluation import FunctionEvaluator, Result
+from core.journal import Journal
+from core.objective import Constraint, Objective, non_dominated
+from core.search import ResumeError, Search
+from core.space import Arch
+from core.strategies import RandomSearch, RegularizedEvolution
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(space, strategy, tmp_path, budget, name="j", evaluator=None, objective=None):
+    with Journal(tmp_path / f"{name}.sqlite") as journal:
+        return Search(space, strategy, evaluator or FunctionEvaluator(onemax, "onemax"), objective or Objective(),
+                      journal, budget=budget, progress=False).run()
+
+
+def test_strategies_are_deterministic_per_seed(onemax_space, tmp_path):
+    a = run(onemax_space, RegularizedEvolution(onemax_space, seed=3), tmp_path, 60, "a")
+    b = run(onemax_space, RegularizedEvolution(onemax_space, seed=3), tmp_path, 60, "b")
+    c = run(onemax_space, RegularizedEvolution(onemax_space, seed=4), tmp_path, 60, "c")
+    assert [x.key for x, _ in a.trials] == [x.key for x, _ in b.trials]
+    assert [x.key for x, _ in a.trials] != [x.key for x, _ in c.trials]
+
+
+def test_evolution_beats_random_on_average(onemax_space, tmp_path):
+    evo, rnd = [], []
+    for seed in range(8):
+        evo.append(run(onemax_space, RegularizedEvolution(onemax_space, seed=seed, population_size=20, sample_size=5),
+                       tmp_path, 200, f"e{seed}").best_result.metrics["accuracy"])
+        rnd.append(run(onemax_space, RandomSearch(onemax_space, seed=seed), tmp_path, 200,
+                       f"r{seed}").best_result.metrics["accuracy"])
+    # random's best of 200 on 20 four-way choices is ~10/20; evolution climbs well above it
+    assert statistics.mean(evo) > statistics.mean(rnd) + 3, (evo, rnd)
+
+
+def test_failed_candidates_never_stop_the_search(onemax_space, tmp_path):
+    def flaky(arch):
+        if arch["c0"] == 1:
+            raise RuntimeError("boom")
+        if arch["c0"] == 2:
+            return {"accuracy": math.nan}
+        return onemax(arch)
+
+    summary = run(onemax_space, RandomSearch(onemax_space, seed=0), tmp_path, 40, evaluator=FunctionEvaluator(flaky))
+    reasons = [r.reason for _, r in summary.trials if not r.ok]
+    assert any("boom" in r for r in reasons) and any("NaN" in r for r in reasons)
+    assert summary.best_arch["c0"] in (0, 3)
+
+
+def test_constraints_and_pareto_front(onemax_space, tmp_path):
+    def scored(arch):
+        m = onemax(arch)
+        m["macs"] = float(sum(arch.values()))
+        return m
+
+    objective = Objective.from_config(constraints=["macs <= 25"])
+    summary = run(onemax_space, RandomSearch(onemax_space, seed=1), tmp_path, 80, evaluator=FunctionEvaluator(scored),
+                  objective=objective)
+    assert summary.best_result.metrics["macs"] <= 25
+    front = summary.pareto
+    for _, r in front:  # nothing feasible dominates a front member
+        assert not any(o.metrics["accuracy"] >= r.metrics["accuracy"] and o.metrics["macs"] <= r.metrics["macs"]
+                       and (o.metrics["accuracy"], o.metrics["macs"]) != (r.metrics["accuracy"], r.metrics["macs"])
+                       for _, o in summary.trials if objective.feasible(o))
+    assert non_dominated([[1, 2], [2, 1], [2, 2], [1, 2]]) == [0, 1]
+    with pytest.raises(ValueError, match="macs <<= 3"):
+        Constraint.parse("macs <<= 3")
+
+
+def test_duplicate_asks_are_answered_from_the_cache(onemax_space, tmp_path):
+    class Repeat(RandomSearch):
+        def propose(self):
+            return self.space.default()
+
+    summary = run(onemax_space, Repeat(onemax_space), tmp_path, 5, "dup")
+    assert summary.evaluations == 1 and len(summary.trials) == 5
+    with Journal(tmp_path / "dup.sqlite") as j:
+        assert [t.cached for t in j.trials()] == [False, True, True, True, True]
+
+
+def test_resume_refuses_a_different_strategy(onemax_space, tmp_path):
+    run(onemax_space, RandomSearch(onemax_space, seed=0), tmp_path, 10, "x")
+    with pytest.raises(ResumeError, match="trial 0"):
+        run(onemax_space, RandomSearch(onemax_space, seed=1), tmp_path, 20, "x")
+
+
+def _script(run_dir, budget, seed, pause):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, str(ROOT / "tests/core/kill_resume_script.py"), str(run_dir),
+                             str(budget), str(seed), str(pause)], env=env)
+
+
+def _journal_rows(run_dir):
+    db = sqlite3.connect(run_dir / "journal.sqlite")
+    try:
+        return db.execute("SELECT trial, arch_key, metrics, cached FROM trials ORDER BY trial").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    full.mkdir(), killed.mkdir()
+    assert _script(full, 60, 7, 0.0).wait(60) == 0
+
+    proc = _script(killed, 60, 7, 0.05)
+    deadline = time.time() + 60
+    while len(_journal_rows(killed)) < 15 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    before = _journal_rows(killed)
+    assert 15 <= len(before) < 60
+    evaluated_before = (killed / "evaluated.log").read_text().split()
+    (killed / "evaluated.log").unlink()
+
+    assert _script(killed, 60, 7, 0.0).wait(60) == 0
+    assert _journal_rows(killed) == _journal_rows(full)
+    # the resumed process evaluated only archs whose result was not journaled yet
+    journaled = {key for _, key, _, cached in before if not cached}
+    evaluated_after = (killed / "evaluated.log").read_text().split()
+    assert not journaled & set(evaluated_after)
+    assert len(evaluated_after) == len(set(evaluated_after))
+    keys = [key for _, key, _, cached in _journal_rows(killed) if not cached]
+    assert len(keys) == len(set(keys))
+    assert len(evaluated_before) - len(journaled) <= 1  # at most the evaluation in flight was lost
