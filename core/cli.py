@@ -55,14 +55,14 @@ def _read_arch(path: str, key: str):
         raise ConfigError(f"{key}: {p} is not an arch JSON file ({err})") from None
 
 
-def _arch_from_config(cfg, task, space, key: str):
+def _arch_from_config(cfg, task, space, data, key: str):
     """An arch file path, a baseline name, or nothing (the space's default arch)."""
     value = _dig(cfg, key)
     if not value:
         return space.default(), "default"
     if Path(value).suffix == ".json" or Path(value).exists():
         return space.check(_read_arch(value, key)), Path(value).stem
-    return task.baseline(value, space), value
+    return task.baseline(value, space, data), value
 
 
 def _dig(cfg: dict, dotted: str):
@@ -191,7 +191,7 @@ def _retrain(cfg, task, data, space, best_arch, run_dir: Path, progress: bool) -
     from core.engine.report import table
     from core.engine.runs import seed_everything, write_json
 
-    entries = [("searched", best_arch)] + [(b, task.baseline(b, space)) for b in cfg["retrain"]["baselines"]]
+    entries = [("searched", best_arch)] + [(b, task.baseline(b, space, data)) for b in cfg["retrain"]["baselines"]]
     rows = []
     example = task.example_input(data)
     for label, arch in entries:
@@ -217,7 +217,7 @@ def cmd_train(cfg, progress: bool) -> int:
     task = load_task(cfg)
     data = task.data()
     space = task.space(data)
-    arch, label = _arch_from_config(cfg, task, space, "train.arch")
+    arch, label = _arch_from_config(cfg, task, space, data, "train.arch")
     run_dir = make_run_dir(cfg, "train")
     dump_config(cfg, run_dir / "config.yaml")
     _log(f"train: {label} ({arch.key}) on {data.name} for {cfg['train']['epochs']} epochs -> {run_dir}")
@@ -280,7 +280,7 @@ def cmd_profile(cfg, progress: bool) -> int:
     data = task.data()
     space = task.space(data)
     prof = cfg["profile"]
-    arch, label = _arch_from_config(cfg, task, space, "profile.arch")
+    arch, label = _arch_from_config(cfg, task, space, data, "profile.arch")
     model = space.build(arch, num_classes=data.num_classes)
     example = task.example_input(data).expand(prof["batch"], *data.input_shape).contiguous()
     _log(f"profile: {label} ({arch.key}), input {tuple(example.shape)}, {prof['threads']} thread(s)")

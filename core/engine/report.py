@@ -20,8 +20,8 @@ def fmt(value: Any) -> str:
         if abs(value) >= 1e3:
             return f"{value / 1e3:.1f}K"
         return f"{value:.4g}"
-    if isinstance(value, int) and abs(value) >= 1e6:
-        return f"{value / 1e6:.2f}M"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return fmt(float(value)) if abs(value) >= 1e4 else str(value)
     return str(value)
 
 

@@ -48,7 +48,7 @@ class Task:
         section = self.cfg.get("evaluator") or {"name": "train"}
         return EVALUATORS.build(section, "evaluator", space=space, data=data)
 
-    def baseline(self, name: str, space: SearchSpace) -> Arch:
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
         raise ConfigError(f"retrain.baselines: task {self.name!r} has no baseline {name!r}")
 
     def example_input(self, data: DataSplits) -> torch.Tensor:

@@ -71,7 +71,7 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, resize: int | None
 class TrainEvaluator(Evaluator):
     def __init__(self, space: SearchSpace, data: DataSplits, epochs: int = 3, batch_size: int = 64, lr: float = 0.05,
                  momentum: float = 0.9, weight_decay: float = 4e-5, channel_divisor: int = 1,
-                 resolution_divisor: int = 1, sample_ratio: float = 1.0, seed: int = 0, threads: int | None = None):
+                 resolution_divisor: int = 1, sample_ratio: float = 1.0, seed: int = 0, threads: int | None = 1):
         if not 0 < sample_ratio <= 1:
             raise ValueError(f"evaluator.sample_ratio must be in (0, 1], got {sample_ratio}")
         if channel_divisor < 1 or resolution_divisor < 1:
@@ -144,8 +144,8 @@ class TrainEvaluator(Evaluator):
                 if resize:
                     x = F.interpolate(x, size=resize, mode="bilinear", align_corners=False)
                 loss = classification_loss(model(x), y)
-                if not math.isfinite(float(loss)):
-                    raise NaNLoss(f"loss is {float(loss)} at epoch {epoch} step {step}")
+                if not math.isfinite(loss.item()):
+                    raise NaNLoss(f"loss is {loss.item()} at epoch {epoch} step {step}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -18,6 +18,9 @@ from torch import nn
 from core.space.choice import Choice
 from core.space.relax import relax
 
+#: relaxations whose weights can be exactly zero (registered by the modules that add them)
+SPARSE_RELAXATIONS: set[str] = set()
+
 
 class ChoiceModule(nn.Module):
     """Candidates of one choice; `candidates[i]` implements `choice.options[i]`."""
@@ -58,11 +61,12 @@ class ChoiceModule(nn.Module):
         if self.mode == "single":
             return self.candidates[self.active_index](*inputs)
         weights = self.weights()
+        # sparse relaxations (sparsestmax) skip zero-weight paths; one host sync per forward, not per candidate
+        keep = (weights.detach() != 0).tolist() if self.relaxation in SPARSE_RELAXATIONS else [True] * len(weights)
         out = 0
-        for w, candidate in zip(weights, self.candidates):
-            if w.detach().abs().item() == 0.0:  # sparse relaxations skip zero-weight paths
-                continue
-            out = out + w * candidate(*inputs)
+        for w, candidate, used in zip(weights, self.candidates, keep):
+            if used:
+                out = out + w * candidate(*inputs)
         return out
 
 
@@ -89,7 +93,11 @@ def derive(module: nn.Module) -> dict[str, Any]:
 
 
 def architecture_parameters(module: nn.Module) -> list[nn.Parameter]:
-    return [m.logits for m in choice_modules(module)]
+    """Each choice's logits once, even when several modules share one logits tensor (DARTS cells)."""
+    unique: dict[int, nn.Parameter] = {}
+    for m in choice_modules(module):
+        unique.setdefault(id(m.logits), m.logits)
+    return list(unique.values())
 
 
 def weight_parameters(module: nn.Module) -> list[nn.Parameter]:

@@ -15,7 +15,7 @@ from core.engine.registry import TASKS, ConfigError
 from core.engine.task import Task
 from core.evaluation.train import classification_loss, evaluate_classifier, topk_correct
 from core.space import Arch, SearchSpace
-from tasks.classification.baselines import BASELINES
+from tasks.classification.baselines import BASELINES, BUDGET_BASELINES
 
 
 def batch_metrics(output: Any, target: torch.Tensor) -> dict[str, float]:
@@ -32,9 +32,18 @@ class ClassificationTask(Task):
     def space_overrides(self, data: DataSplits) -> dict[str, Any]:
         return {"in_channels": data.input_shape[0], "num_classes": data.num_classes}
 
-    def baseline(self, name: str, space: SearchSpace) -> Arch:
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+        if name in BUDGET_BASELINES:
+            from core.objective import Constraint
+
+            bounds = [Constraint.parse(c).bound for c in self.cfg["objective"]["constraints"]
+                      if Constraint.parse(c).metric == "macs"]
+            if not bounds:
+                raise ConfigError(f"retrain.baselines: {name!r} needs a 'macs <= N' constraint in objective.constraints")
+            return BUDGET_BASELINES[name](space, min(bounds), data.input_shape)
         if name not in BASELINES:
-            raise ConfigError(f"retrain.baselines: unknown baseline {name!r}; known: {', '.join(sorted(BASELINES))}")
+            known = sorted(BASELINES) + sorted(BUDGET_BASELINES)
+            raise ConfigError(f"retrain.baselines: unknown baseline {name!r}; known: {', '.join(known)}")
         return BASELINES[name](space)
 
     def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:

@@ -1,0 +1,11 @@
+"""`python tools/search.py CONFIG [key=value ...]`: same as `archforge search`."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["search", *sys.argv[1:]]))
