@@ -36,8 +36,8 @@ class SupervisedModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss_fn(self.model(x), y)
-        if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"training loss is {float(loss)} at step {self.global_step}")
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         return loss
 
