@@ -168,8 +168,10 @@ def _write_search_outputs(run_dir: Path, summary, objective) -> None:
     write_csv(run_dir / "pareto.csv", rows, columns)
     ok = [(r.get(terms[1][0]), r.get(terms[0][0])) for _, r in summary.trials if r.ok]
     front = [(r.get(terms[1][0]), r.get(terms[0][0])) for _, r in summary.pareto]
+    limit = next(((str(c), c.bound) for c in objective.constraints if c.metric == terms[1][0]), None)
     pareto_plot(run_dir / "pareto.png", [p for p in ok if not any(map(math.isnan, p))], front,
-                terms[1][0], terms[0][0], f"{len(summary.trials)} trials, {summary.evaluations} evaluated")
+                terms[1][0], terms[0][0], f"{len(summary.trials)} trials, {summary.evaluations} evaluated",
+                xlimit=limit)
     if summary.best_arch is not None:
         atomic_write_text(run_dir / "best_arch.json", summary.best_arch.to_json(indent=2) + "\n")
     failed = sum(not r.ok for _, r in summary.trials)

@@ -46,7 +46,8 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequenc
 
 
 def pareto_plot(path: str | Path, all_points: Sequence[tuple[float, float]], front: Sequence[tuple[float, float]],
-                xlabel: str, ylabel: str, title: str, marked: Sequence[tuple[str, float, float]] = ()) -> None:
+                xlabel: str, ylabel: str, title: str, marked: Sequence[tuple[str, float, float]] = (),
+                xlimit: tuple[str, float] | None = None) -> None:
     """Scatter of every evaluated arch with the Pareto front drawn as a step line."""
     import matplotlib
 
@@ -61,6 +62,8 @@ def pareto_plot(path: str | Path, all_points: Sequence[tuple[float, float]], fro
         fx, fy = zip(*sorted(front))
         ax.step(fx, fy, where="post", color="tab:red", lw=1.5)
         ax.scatter(fx, fy, s=28, color="tab:red", label="Pareto front", zorder=3)
+    if xlimit is not None:
+        ax.axvline(xlimit[1], color="tab:blue", ls="--", lw=1, label=xlimit[0])
     for label, x, y in marked:
         ax.scatter([x], [y], s=60, marker="*", zorder=4, label=label)
     ax.set_xlabel(xlabel)
