@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from core.cost import count_macs, count_params
 from core.engine.data import DataSplits
 from core.engine.registry import EVALUATORS
 from core.evaluation.base import Evaluator
+from core.evaluation.costs import CostMetrics
 from core.evaluation.result import Result
 from core.space import Arch, SearchSpace
 
@@ -71,7 +71,8 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, resize: int | None
 class TrainEvaluator(Evaluator):
     def __init__(self, space: SearchSpace, data: DataSplits, epochs: int = 3, batch_size: int = 64, lr: float = 0.05,
                  momentum: float = 0.9, weight_decay: float = 4e-5, channel_divisor: int = 1,
-                 resolution_divisor: int = 1, sample_ratio: float = 1.0, seed: int = 0, threads: int | None = 1):
+                 resolution_divisor: int = 1, sample_ratio: float = 1.0, seed: int = 0, threads: int | None = 1,
+                 latency: str = "none", latency_table: str | None = None):
         if not 0 < sample_ratio <= 1:
             raise ValueError(f"evaluator.sample_ratio must be in (0, 1], got {sample_ratio}")
         if channel_divisor < 1 or resolution_divisor < 1:
@@ -82,11 +83,12 @@ class TrainEvaluator(Evaluator):
         self.channel_divisor, self.resolution_divisor = channel_divisor, resolution_divisor
         self.sample_ratio, self.seed, self.threads = sample_ratio, seed, threads
         self._train = self._subset(data.train)
+        self.costs = CostMetrics(space, data.input_shape, data.num_classes, latency, latency_table)
 
     def config(self) -> dict[str, Any]:
         return {"type": "train", "space": type(self.space).__name__, "data": self.data.name,
                 "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum,
-                "weight_decay": self.weight_decay, "proxy": self.proxy_name, "seed": self.seed}
+                "weight_decay": self.weight_decay, "proxy": self.proxy_name, "seed": self.seed, **self.costs.config()}
 
     @property
     def proxy_name(self) -> str:
@@ -105,15 +107,10 @@ class TrainEvaluator(Evaluator):
             return None
         return max(1, self.data.input_shape[-1] // self.resolution_divisor)
 
-    def cost_metrics(self, arch: Arch) -> dict[str, float]:
-        model = self.space.build(arch, num_classes=self.data.num_classes)
-        x = torch.zeros(1, *self.data.input_shape)
-        return {"params": float(count_params(model)), "macs": float(count_macs(model, x))}
-
     def evaluate(self, arch: Arch) -> Result:
         start = time.perf_counter()
         arch = self.space.check(arch)
-        metrics = self.cost_metrics(arch)
+        metrics = self.costs(arch)
         previous_threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)

@@ -139,3 +139,19 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     keys = [key for _, key, _, cached in _journal_rows(killed) if not cached]
     assert len(keys) == len(set(keys))
     assert len(evaluated_before) - len(journaled) <= 1  # at most the evaluation in flight was lost
+
+
+def test_latency_constraint_from_a_lookup_table(tmp_path):
+    from core.evaluation.train import TrainEvaluator
+    from core.spaces.mobile import digits_space
+    from tasks.classification.data import digits
+
+    space, data = digits_space(), digits()
+    evaluator = TrainEvaluator(space, data, epochs=1, sample_ratio=0.1, latency="table",
+                               latency_table=str(tmp_path / "lut.json"))
+    result = evaluator.evaluate(space.default())
+    assert result.ok and result.metrics["latency_ms"] > 0
+    assert (tmp_path / "lut.json").is_file()
+    again = TrainEvaluator(space, data, epochs=1, sample_ratio=0.1, latency="table",
+                           latency_table=str(tmp_path / "lut.json")).costs(space.default())
+    assert again["latency_ms"] == result.metrics["latency_ms"]  # answered from the saved table, not re-timed

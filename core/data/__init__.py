@@ -1,0 +1,1 @@
+"""Data files shipped with the suite (the tabular benchmark of `core.evaluation.tabular`)."""

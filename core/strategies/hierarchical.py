@@ -1,0 +1,424 @@
+"""EcoNAS's hierarchical proxy: evolution whose candidates climb through proxies of growing cost.
+
+Zhou, Zhou, Zhang, Loy, Yi, Zhang, Ouyang. "EcoNAS: Finding Proxies for
+Economical Neural Architecture Search", CVPR 2020 (arXiv 2001.01233), Sec. 4
+(hierarchical proxy strategy); official code `DongzhanZhou/EcoNAS`,
+`search/main.py` and `search/train.py` (METHODS.md 1.2).
+
+One training schedule of `S * segment_epochs` epochs (paper: a 60-epoch
+cosine schedule) is cut into `S` segments (paper: 3 of 20 epochs). Pool e_k
+holds the networks that have completed k segments. The search:
+
+1. trains `population_size` (16) random archs for one segment (pool e1);
+2. each of `iterations` (100) iterations, on the networks still alive:
+   a. continues the top `continue_top[k]` of pool e_{k+1} by accuracy for one
+      more segment (top-8 of e1, top-4 of e2), which moves them up a pool;
+   b. makes `children` (6 / 5 / 5) children from e1 / e2 / e3: each mother is
+      the best of floor(n/4)+1 networks drawn at random (with replacement,
+      as `sample()` in the official code) from the pool's n ranked networks,
+      and the child is one mutation of her (`space.mutate`: one op or one
+      input on the DARTS space), trained for one segment into e1;
+   c. a network not trained for `max_age` (10) iterations drops out of the
+      pools (finished e3 networks thus age out too).
+   Mothers and continued networks are chosen from the pools as they stand at
+   the start of the iteration, as in `search/main.py`.
+
+Networks are ranked by their best accuracy over the segments done (the
+official `best_acc`), through the objective's fitness. The result of the
+search is the best network that completed all segments (`best()`).
+
+Multi-fidelity evaluation. The hierarchical search runs through
+`EcoNAS.run(evaluator, budget_epochs)`, which drives a `MultiFidelityEvaluator`:
+anything with `evaluate_at(arch, epochs) -> Result` giving the result after
+`epochs` epochs of the full schedule (the tabular benchmark answers from its
+per-epoch table; a `TrainEvaluator` is wrapped in `SegmentedTraining`, which
+keeps each network's model, optimizer, scheduler and data order in memory
+and resumes them, so segment k continues segment k-1 of one cosine schedule).
+The cost is counted in training epochs: one segment costs `segment_epochs`,
+whatever the backend, and `budget_epochs` stops the search before the
+training that would exceed it.
+
+The plain ask/tell interface (the `archforge search` loop, one fixed
+fidelity) runs the single-proxy variant of the official code,
+`search/main_single.py`: 16 random archs, then rounds of 16 children whose
+mothers are tournament winners of the one pool, with the same aging.
+
+Deviations: the official `train.py` keeps only the weights between segments
+(a fresh SGD optimizer whose learning rate follows the cosine schedule);
+`SegmentedTraining` keeps the optimizer's momentum too. Networks that fail
+(NaN loss, error) leave the pools at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from core.engine.registry import STRATEGIES, ConfigError
+from core.evaluation.result import Result
+from core.objective import Objective
+from core.space import Arch, SearchSpace
+from core.strategies.base import Strategy
+
+
+@runtime_checkable
+class MultiFidelityEvaluator(Protocol):
+    """An evaluator that can answer for an arch after `epochs` epochs of its full training schedule."""
+
+    def evaluate_at(self, arch: Arch, epochs: int) -> Result: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# TrainEvaluator as a multi-fidelity backend
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    epochs_done: int = 0
+    metrics: dict = field(default_factory=dict)
+
+
+class SegmentedTraining:
+    """Resumable proxy training with a `TrainEvaluator`'s recipe: `evaluate_at(arch, epochs)`.
+
+    The first call for an arch builds its network (with the evaluator's
+    channel divisor) and its optimizer and cosine schedule over the
+    evaluator's full `epochs`; each call trains on from where the last call
+    stopped up to `epochs` and scores the validation split. The data order
+    continues from one generator, so segments 1..S reproduce one continuous
+    run. `release(arch)` frees a network that will not be trained again.
+    """
+
+    def __init__(self, evaluator: Any):
+        from core.evaluation.train import TrainEvaluator
+
+        if not isinstance(evaluator, TrainEvaluator):
+            raise TypeError(f"SegmentedTraining wraps a TrainEvaluator, got {type(evaluator).__name__}")
+        self.evaluator = evaluator
+        self.max_epochs = int(evaluator.epochs)
+        self._runs: dict[Arch, _Run] = {}
+
+    def config(self) -> dict[str, Any]:
+        return {**self.evaluator.config(), "segmented": True}
+
+    def _cost_metrics(self, arch: Arch) -> dict[str, float]:
+        ev = self.evaluator
+        if hasattr(ev, "costs"):
+            return dict(ev.costs(arch))
+        return dict(ev.cost_metrics(arch))
+
+    def _start(self, arch: Arch) -> _Run:
+        import torch
+        from torch.utils.data import DataLoader
+
+        ev = self.evaluator
+        torch.manual_seed(ev.seed)
+        model = ev.space.build(arch, num_classes=ev.data.num_classes, channel_divisor=ev.channel_divisor)
+        g = torch.Generator().manual_seed(ev.seed)
+        loader = DataLoader(ev._train, batch_size=ev.batch_size, shuffle=True, generator=g)
+        opt = torch.optim.SGD(model.parameters(), lr=ev.lr, momentum=ev.momentum, weight_decay=ev.weight_decay,
+                              nesterov=ev.momentum > 0)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, self.max_epochs * len(loader)))
+        return _Run(model, opt, sched, loader, 0, self._cost_metrics(arch))
+
+    def evaluate_at(self, arch: Arch, epochs: int) -> Result:
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+        from torch.utils.data import DataLoader
+
+        from core.evaluation.train import NaNLoss, classification_loss, evaluate_classifier
+
+        ev = self.evaluator
+        start = time.perf_counter()
+        arch = ev.space.check(arch)
+        if not 1 <= epochs <= self.max_epochs:
+            raise ValueError(f"epochs must be in [1, {self.max_epochs}] (the evaluator's schedule), got {epochs}")
+        run = self._runs.get(arch)
+        if run is None or run.epochs_done > epochs:
+            run = self._runs[arch] = self._start(arch)
+        previous_threads = torch.get_num_threads()
+        if ev.threads:
+            torch.set_num_threads(ev.threads)
+        try:
+            resize = ev._resize()
+            run.model.train()
+            for epoch in range(run.epochs_done, epochs):
+                for step, (x, y) in enumerate(run.loader):
+                    if resize:
+                        x = F.interpolate(x, size=resize, mode="bilinear", align_corners=False)
+                    loss = classification_loss(run.model(x), y)
+                    if not math.isfinite(loss.item()):
+                        raise NaNLoss(f"loss is {loss.item()} at epoch {epoch} step {step}")
+                    run.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(run.model.parameters(), 5.0)
+                    run.optimizer.step()
+                    run.scheduler.step()
+                run.epochs_done = epoch + 1
+            scores = evaluate_classifier(run.model, DataLoader(ev.data.val, batch_size=256), resize)
+        except NaNLoss as err:
+            self._runs.pop(arch, None)
+            return Result.failed(str(err), time.perf_counter() - start, **run.metrics)
+        finally:
+            torch.set_num_threads(previous_threads)
+        metrics = dict(run.metrics, accuracy=scores["accuracy"], top5=scores["top5"], val_loss=scores["loss"],
+                       epochs=float(epochs))
+        if epochs >= self.max_epochs:
+            self.release(arch)
+        return Result(metrics=metrics, cost=time.perf_counter() - start)
+
+    def release(self, arch: Arch) -> None:
+        self._runs.pop(arch, None)
+
+
+def as_multi_fidelity(evaluator: Any) -> Any:
+    """`evaluator` itself when it has `evaluate_at`, a `SegmentedTraining` around a TrainEvaluator, else an error."""
+    if isinstance(evaluator, MultiFidelityEvaluator):
+        return evaluator
+    from core.evaluation.train import TrainEvaluator
+
+    if isinstance(evaluator, TrainEvaluator):
+        return SegmentedTraining(evaluator)
+    raise TypeError(f"{type(evaluator).__name__} cannot evaluate at a chosen number of epochs; EcoNAS.run needs "
+                    "evaluate_at(arch, epochs) (the tabular evaluator, or a TrainEvaluator)")
+
+
+def schedule_epochs(evaluator: Any) -> int | None:
+    """The length of the evaluator's full schedule, when it says (max_epochs, epochs)."""
+    for name in ("max_epochs", "epochs", "max_epoch"):
+        value = getattr(evaluator, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the strategy
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Net:
+    """One network of the hierarchical search."""
+
+    arch: Arch
+    born: int                 # iteration it was created (0: the initial population)
+    level: int = 0            # segments completed
+    last_updated: int = 0     # iteration of its last training
+    scores: list[float] = field(default_factory=list)   # fitness after each segment
+    results: list[Result] = field(default_factory=list)
+    failed: bool = False
+    dropped: bool = False
+
+    @property
+    def best_score(self) -> float:
+        return max(self.scores) if self.scores else -math.inf
+
+
+@dataclass
+class EcoNASSummary:
+    best_arch: Arch | None
+    best_result: Result | None
+    epochs_used: int
+    segment_evaluations: int
+    iterations: int
+    records: list[tuple[Arch, int, Result]]   # every segment evaluation: (arch, cumulative epochs, result)
+    seconds: float
+
+
+class BudgetExhausted(Exception):
+    pass
+
+
+@STRATEGIES.register("econas")
+class EcoNAS(Strategy):
+    """EcoNAS hierarchical proxy (Zhou et al., CVPR 2020, Sec. 4); see the module docstring.
+
+    Config keys (paper values in brackets): `population_size` (16),
+    `iterations` (100), `segments` (3), `segment_epochs` (null: the
+    evaluator's schedule divided by `segments`; paper 20), `continue_top`
+    ([8, 4]: how many of e1, e2, ... train on each iteration),
+    `children` ([6, 5, 5]: children whose mothers come from e1, e2, e3),
+    `max_age` (10 iterations), `budget_epochs` (null: no limit; the training
+    epochs `run` may spend).
+    """
+
+    multi_fidelity = True
+
+    def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None,
+                 population_size: int = 16, iterations: int = 100, segments: int = 3,
+                 segment_epochs: int | None = None, continue_top: list | None = None, children: list | None = None,
+                 max_age: int = 10, budget_epochs: int | None = None):
+        super().__init__(space, seed, objective)
+        continue_top = [8, 4] if continue_top is None else list(continue_top)
+        children = [6, 5, 5] if children is None else list(children)
+        for key, value, low in (("population_size", population_size, 1), ("iterations", iterations, 0),
+                                ("segments", segments, 1), ("max_age", max_age, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"strategy.{key}: expected an int >= {low}, got {value!r}")
+        if segment_epochs is not None and (not isinstance(segment_epochs, int) or segment_epochs < 1):
+            raise ConfigError(f"strategy.segment_epochs: expected an int >= 1 or null, got {segment_epochs!r}")
+        if len(continue_top) != segments - 1 or any(not isinstance(k, int) or k < 0 for k in continue_top):
+            raise ConfigError(f"strategy.continue_top: expected {segments - 1} ints >= 0 (one per pool e1.."
+                              f"e{segments - 1}), got {continue_top!r}")
+        if len(children) != segments or any(not isinstance(k, int) or k < 0 for k in children) or not sum(children):
+            raise ConfigError(f"strategy.children: expected {segments} ints >= 0 (one per pool e1..e{segments}) "
+                              f"with a positive sum, got {children!r}")
+        if budget_epochs is not None and budget_epochs < 1:
+            raise ConfigError(f"strategy.budget_epochs: expected a positive int or null, got {budget_epochs!r}")
+        self.population_size, self.iterations, self.segments = population_size, iterations, segments
+        self.segment_epochs, self.continue_top, self.children = segment_epochs, continue_top, children
+        self.max_age, self.budget_epochs = max_age, budget_epochs
+        self.nets: dict[Arch, Net] = {}
+        self.records: list[tuple[Arch, int, Result]] = []
+        self.epochs_used = 0
+        # ask/tell (single proxy) state
+        self._pool: list[tuple[Arch, float, int]] = []   # (arch, fitness, iteration born)
+        self._born: dict[Arch, int] = {}
+
+    # -- shared pieces -----------------------------------------------------------------------------
+    def _tournament(self, ranked: Sequence[Any]) -> Any:
+        """Official `sample(N, S, 1)`: the best-ranked of floor(n/4)+1 indices drawn with replacement."""
+        n = len(ranked)
+        return ranked[min(self.rng.randrange(n) for _ in range(n // 4 + 1))]
+
+    # -- ask/tell: the single-proxy variant (search/main_single.py) -------------------------------------
+    def _iteration_of(self, index: int) -> int:
+        return 0 if index < self.population_size else 1 + (index - self.population_size) // sum(self.children)
+
+    def propose(self) -> Arch:
+        iteration = self._iteration_of(self.asked)
+        alive = [(a, f) for a, f, born in self._pool if iteration - born < self.max_age and f > -math.inf]
+        if iteration == 0 or not alive:
+            return self.fresh(lambda: self.space.sample(self.rng))
+        ranked = [a for a, _ in sorted(alive, key=lambda m: -m[1])]
+        mother = self._tournament(ranked)
+        return self.fresh(lambda: self.space.mutate(mother, self.rng))
+
+    def ask(self, n: int = 1) -> list[Arch]:
+        archs = []
+        for _ in range(n):
+            arch = self.propose()
+            self._born.setdefault(arch, self._iteration_of(self.asked))
+            archs.append(arch)
+            self.asked += 1
+        return archs
+
+    def tell(self, arch: Arch, result: Result) -> None:
+        super().tell(arch, result)
+        born = self._born.get(arch, self._iteration_of(max(0, self.asked - 1)))
+        self._pool.append((arch, self.fitness(result), born))
+
+    # -- the hierarchical search ---------------------------------------------------------------------
+    def run(self, evaluator: Any, budget_epochs: int | None = None,
+            on_result: Callable[[Arch, int, Result], None] | None = None) -> EcoNASSummary:
+        """Run the hierarchical proxy search against a multi-fidelity evaluator (see the module docstring)."""
+        start = time.perf_counter()
+        backend = as_multi_fidelity(evaluator)
+        seg = self.segment_epochs
+        if seg is None:
+            total = schedule_epochs(backend)
+            if total is None:
+                raise ConfigError("strategy.segment_epochs: the evaluator does not say how long its schedule is; "
+                                  "set segment_epochs")
+            seg = total // self.segments
+            if seg < 1:
+                raise ConfigError(f"strategy.segments: {self.segments} segments do not fit the evaluator's "
+                                  f"{total}-epoch schedule")
+        budget = budget_epochs if budget_epochs is not None else self.budget_epochs
+        iteration_count = 0
+
+        def train(net: Net, iteration: int) -> None:
+            if budget is not None and self.epochs_used + seg > budget:
+                raise BudgetExhausted
+            epochs = (net.level + 1) * seg
+            try:
+                result = backend.evaluate_at(net.arch, epochs)
+            except Exception as err:  # noqa: BLE001 - a candidate's failure never stops the search
+                result = Result.failed(f"{type(err).__name__}: {err}")
+            self.epochs_used += seg
+            self.records.append((net.arch, epochs, result))
+            if on_result:
+                on_result(net.arch, epochs, result)
+            net.level += 1
+            net.last_updated = iteration
+            net.results.append(result)
+            net.scores.append(self.fitness(result))
+            if not result.ok or not math.isfinite(net.scores[-1]):
+                net.failed = True
+                self._release(backend, net)
+            elif net.level >= self.segments:
+                self._release(backend, net)
+
+        def new_net(arch: Arch, iteration: int) -> Net:
+            net = Net(arch, born=iteration)
+            self.nets[arch] = net
+            return net
+
+        try:
+            for _ in range(self.population_size):
+                train(new_net(self.fresh(lambda: self.space.sample(self.rng)), 0), 0)
+            for iteration in range(self.iterations):
+                pools = self._pools(iteration, backend)
+                continued = [net for k in range(self.segments - 1) for net in pools[k][: self.continue_top[k]]]
+                mothers = [self._tournament(pools[k]) for k in range(self.segments) if pools[k]
+                           for _ in range(self.children[k])]
+                kids = [new_net(self.fresh(lambda m=m: self.space.mutate(m.arch, self.rng)), iteration)
+                        for m in mothers]
+                for net in continued:
+                    train(net, iteration)
+                for net in kids:
+                    train(net, iteration)
+                iteration_count = iteration + 1
+        except BudgetExhausted:
+            pass
+        best = self._best_net()
+        return EcoNASSummary(best_arch=best.arch if best else None, best_result=best.results[-1] if best else None,
+                             epochs_used=self.epochs_used, segment_evaluations=len(self.records),
+                             iterations=iteration_count, records=list(self.records),
+                             seconds=time.perf_counter() - start)
+
+    def _release(self, backend: Any, net: Net) -> None:
+        release = getattr(backend, "release", None)
+        if release is not None:
+            release(net.arch)
+
+    def _pools(self, iteration: int, backend: Any = None) -> list[list[Net]]:
+        """Pools e1..eS of live networks, each ranked by best accuracy (drops the stale ones first)."""
+        pools: list[list[Net]] = [[] for _ in range(self.segments)]
+        for net in self.nets.values():
+            if net.dropped or net.failed or net.level == 0:
+                continue
+            if iteration - net.last_updated >= self.max_age:
+                net.dropped = True
+                self._release(backend, net)
+                continue
+            pools[net.level - 1].append(net)
+        for pool in pools:
+            pool.sort(key=lambda n: -n.best_score)  # stable: ties keep creation order
+        return pools
+
+    def pools(self) -> list[list[Arch]]:
+        """The archs of pools e1..eS as they stand (live networks, ranked), for inspection."""
+        live = [[n.arch for n in pool] for pool in self._pools(max((n.last_updated for n in self.nets.values()),
+                                                                    default=0))]
+        return live
+
+    def _best_net(self) -> Net | None:
+        """The best network at the deepest level any network reached (all segments, once any finished)."""
+        done = [n for n in self.nets.values() if not n.failed and n.level > 0]
+        if not done:
+            return None
+        top = max(n.level for n in done)
+        return max((n for n in done if n.level == top), key=lambda n: n.scores[-1])
+
+    def best(self) -> tuple[Arch, Result] | None:
+        if self.nets:
+            net = self._best_net()
+            return (net.arch, net.results[-1]) if net else None
+        return super().best()
