@@ -132,15 +132,19 @@ def cmd_search(cfg, progress: bool, resume: str | None) -> int:
     evaluator = task.evaluator(space, data)
     if resume:
         run_dir = Path(resume)
-        if not (run_dir / "journal.sqlite").is_file():
-            raise FileNotFoundError(f"--resume: no journal.sqlite in {run_dir}")
+        if not (run_dir / "journal.sqlite").is_file() and not (run_dir / "searcher.pt").is_file():
+            raise FileNotFoundError(f"--resume: no journal.sqlite or searcher.pt in {run_dir}")
     else:
         run_dir = make_run_dir(cfg, "search")
         dump_config(cfg, run_dir / "config.yaml")
+    one_shot = getattr(strategy, "gradient_based", False)
+    budget = "one-shot" if one_shot else f"budget {cfg['search']['budget']}"
     _log(f"search: {type(strategy).__name__} over {type(space).__name__} ({space.size():.3g} archs) on "
-         f"{data.name}, budget {cfg['search']['budget']}, objective {objective.direction} {objective.metric}"
+         f"{data.name}, {budget}, objective {objective.direction} {objective.metric}"
          + "".join(f", {c}" for c in objective.constraints))
     _log(f"run folder: {run_dir}")
+    if one_shot:
+        return _one_shot_search(cfg, task, data, space, strategy, run_dir, progress)
     journal = Journal(run_dir / "journal.sqlite", durability=cfg["search"]["journal_durability"])
     try:
         summary = Search(space, strategy, evaluator, objective, journal, budget=cfg["search"]["budget"],
@@ -154,6 +158,36 @@ def cmd_search(cfg, progress: bool, resume: str | None) -> int:
         return 1
     if cfg["retrain"]["enabled"]:
         _retrain(cfg, task, data, space, summary.best_arch, run_dir, progress)
+    return 0
+
+
+def _one_shot_search(cfg, task, data, space, strategy, run_dir: Path, progress: bool) -> int:
+    """Gradient-based and one-shot searchers (DARTS, DNA, NetAdaptV2, ...): `fit(None, data) -> Arch`.
+
+    They checkpoint to `run_dir/searcher.pt` after each epoch, so `--resume RUN_DIR` continues them.
+    """
+    from core.engine.runs import atomic_write_text, write_json
+
+    if hasattr(strategy, "checkpoint"):
+        strategy.checkpoint = run_dir / "searcher.pt"
+    if hasattr(strategy, "progress"):
+        strategy.progress = progress
+    start = time.perf_counter()
+    arch = space.check(strategy.fit(None, data))
+    atomic_write_text(run_dir / "best_arch.json", arch.to_json(indent=2) + "\n")
+    report = {"best_arch_key": arch.key, "seconds": time.perf_counter() - start,
+              "searcher": type(strategy).__name__}
+    for name in ("result", "history", "training"):
+        value = getattr(strategy, name, None)
+        if value:
+            report[name] = value
+    if callable(getattr(strategy, "report", None)):
+        report["report"] = strategy.report()
+    write_json(run_dir / "search.json", report)
+    _log(f"\n{type(strategy).__name__} derived {arch.key} in {report['seconds']:.1f} s")
+    _log(f"outputs: {run_dir}/best_arch.json, search.json, searcher.pt")
+    if cfg["retrain"]["enabled"]:
+        _retrain(cfg, task, data, space, arch, run_dir, progress)
     return 0
 
 

@@ -80,7 +80,11 @@ def make_trainer(train_cfg: dict[str, Any], run_dir: Path, progress: bool = True
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    import logging
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     return L.Trainer(
         max_epochs=train_cfg["epochs"], accelerator=train_cfg["accelerator"], devices=train_cfg["devices"],

@@ -76,9 +76,7 @@ class GraphAutoEncoder(nn.Module):
         self.layers = nn.ModuleList()
         width = n_features
         for _ in range(2):
-            self.layers.append(nn.ModuleDict({"self": nn.Linear(width, hidden),
-                                              "inc": nn.Linear(width, hidden, bias=False),
-                                              "out": nn.Linear(width, hidden, bias=False)}))
+            self.layers.append(nn.Linear(3 * width, hidden))    # [self, mean of predecessors, mean of successors]
             width = hidden
         self.to_latent = nn.Linear(n_nodes * hidden, latent)
         self.decoder = nn.Sequential(nn.Linear(latent, 2 * hidden), nn.ReLU(),
@@ -89,7 +87,7 @@ class GraphAutoEncoder(nn.Module):
         a_out = A / A.sum(2).clamp(min=1).unsqueeze(-1)                   # row v: mean over successors v -> w
         h = X
         for layer in self.layers:
-            h = F.relu(layer["self"](h) + layer["inc"](a_in @ h) + layer["out"](a_out @ h)) * M.unsqueeze(-1)
+            h = F.relu(layer(torch.cat([h, a_in @ h, a_out @ h], dim=-1))) * M.unsqueeze(-1)
         return self.to_latent(h.flatten(1))
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,13 +136,18 @@ def knn(query: torch.Tensor, keys: torch.Tensor, k: int, exclude_self: bool, chu
     return torch.cat(dists), torch.cat(idxs)
 
 
+def _sparse(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A coalesced COO matrix (duplicate entries summed); indices are built in range here, so no checks."""
+    return torch.sparse_coo_tensor(indices, values, shape, check_invariants=False).coalesce()
+
+
 class SimilarityGraph:
     """The kNN Gaussian-kernel graph over the representations of the graph's nodes, and its propagation matrix."""
 
-    def __init__(self, z: torch.Tensor, k: int, threshold: float):
+    def __init__(self, z: torch.Tensor, k: int, threshold: float, self_weight: float = 1.0):
         z = z.detach()
         n = len(z)
-        self.k, self.threshold = k, threshold
+        self.k, self.threshold, self.self_weight = k, threshold, self_weight
         d2, idx = knn(z, z, k, exclude_self=True)
         self.sigma2 = float(d2[:, -1].mean()) if d2.numel() else 1.0
         self.sigma2 = self.sigma2 if self.sigma2 > 0 else 1.0
@@ -153,16 +156,15 @@ class SimilarityGraph:
         keep = w >= threshold
         r, c, v = rows[keep], idx[keep], w[keep]
         # symmetric: the union of both directions, one weight per pair
-        W = torch.sparse_coo_tensor(torch.stack([torch.cat([r, c]), torch.cat([c, r])]), torch.cat([v, v]),
-                                    (n, n)).coalesce()
+        W = _sparse(torch.stack([torch.cat([r, c]), torch.cat([c, r])]), torch.cat([v, v]), (n, n))
         ii, vv = W.indices(), W.values()
-        dup = torch.sparse_coo_tensor(ii, torch.ones_like(vv), (n, n)).coalesce().values()
+        dup = _sparse(ii, torch.ones_like(vv), (n, n)).values()
         vv = vv / dup.clamp(min=1)        # coalesce summed the pairs both sides kept; take the weight once
-        self.degree = torch.ones(n).index_add_(0, ii[0], vv)               # + 1: self loop
+        self.degree = torch.full((n,), float(self_weight)).index_add_(0, ii[0], vv)   # + the self loop
         inv = self.degree.rsqrt()
         loops = torch.arange(n)
-        self.P = torch.sparse_coo_tensor(torch.cat([ii, torch.stack([loops, loops])], 1),
-                                         torch.cat([vv * inv[ii[0]] * inv[ii[1]], inv * inv]), (n, n)).coalesce()
+        self.P = _sparse(torch.cat([ii, torch.stack([loops, loops])], 1),
+                         torch.cat([vv * inv[ii[0]] * inv[ii[1]], self_weight * inv * inv]), (n, n))
         self.z = z
 
     def attach(self, zq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,12 +172,11 @@ class SimilarityGraph:
         d2, idx = knn(zq.detach(), self.z, self.k, exclude_self=False)
         w = torch.exp(-d2 / self.sigma2)
         w = torch.where(w >= self.threshold, w, torch.zeros_like(w))
-        deg = 1 + w.sum(1)
+        deg = self.self_weight + w.sum(1)
         vals = w / (deg.unsqueeze(1) * self.degree[idx]).sqrt()
         rows = torch.arange(len(zq)).unsqueeze(1).expand_as(idx)
-        Pq = torch.sparse_coo_tensor(torch.stack([rows.reshape(-1), idx.reshape(-1)]), vals.reshape(-1),
-                                     (len(zq), len(self.z))).coalesce()
-        return Pq, 1.0 / deg
+        Pq = _sparse(torch.stack([rows.reshape(-1), idx.reshape(-1)]), vals.reshape(-1), (len(zq), len(self.z)))
+        return Pq, self.self_weight / deg
 
 
 class _Member:
@@ -212,29 +213,39 @@ class SemiSupervisedAssessor(Predictor):
     Args:
         space: the search space (`graph(arch)` when it has one, else the chain graph).
         latent: size of the auto-encoder's representation.
-        hidden: width of the encoder's graph convolutions and of the GCN's hidden layer.
+        hidden: width of the encoder's graph convolutions.
+        gcn_hidden: width of the GCN's hidden layer.
         k: neighbours per node in the similarity graph.
         threshold: edges with kernel weight below it are dropped (0: keep the k nearest).
+        self_weight: weight of each node's self loop in W + self_weight * I (1: Kipf & Welling's renormalisation).
         ae_epochs: auto-encoder pre-training passes over all nodes (mini-batches of `batch_size`).
         epochs: joint full-batch steps of encoder + decoder + GCN.
         graph_every: rebuild the similarity graph every this many joint steps.
+        finetune: train the encoder in the joint stage too (False: frozen auto-encoder representations).
+        graph_options: keyword arguments for `space.graph` (cell201: `{prune: true}` unlinks `none` nodes).
         recon_weight: weight of the reconstruction loss in the joint stage.
         max_unlabelled: at most this many unlabelled archs join the graph (seeded random subset).
         ensemble: members averaged; member i uses seed + i.
     """
 
-    def __init__(self, space: SearchSpace, latent: int = 16, hidden: int = 64, k: int = 10, threshold: float = 0.0,
+    def __init__(self, space: SearchSpace, latent: int = 16, hidden: int = 32, gcn_hidden: int = 64, k: int = 10,
+                 threshold: float = 0.0, self_weight: float = 1.0, finetune: bool = True,
+                 graph_options: dict | None = None,
                  ae_epochs: int = 60, epochs: int = 300, graph_every: int = 25, recon_weight: float = 1.0,
                  lr: float = 3e-3, weight_decay: float = 1e-4, dropout: float = 0.1, batch_size: int = 128,
                  max_unlabelled: int = 2000, ensemble: int = 1, seed: int = 0):
-        for name, value in (("latent", latent), ("hidden", hidden), ("k", k), ("epochs", epochs),
+        for name, value in (("latent", latent), ("hidden", hidden), ("gcn_hidden", gcn_hidden), ("k", k), ("epochs", epochs),
                             ("graph_every", graph_every), ("batch_size", batch_size), ("ensemble", ensemble)):
             if value < 1:
                 raise ValueError(f"SemiSupervisedAssessor: {name} must be >= 1, got {value}")
         if ae_epochs < 0 or max_unlabelled < 0:
             raise ValueError("SemiSupervisedAssessor: ae_epochs and max_unlabelled must be >= 0")
         self.space = space
-        self.latent, self.hidden, self.k, self.threshold = latent, hidden, k, threshold
+        if self_weight <= 0:
+            raise ValueError(f"SemiSupervisedAssessor: self_weight must be > 0, got {self_weight}")
+        self.latent, self.hidden, self.gcn_hidden = latent, hidden, gcn_hidden
+        self.k, self.threshold, self.self_weight = k, threshold, self_weight
+        self.finetune, self.graph_options = finetune, dict(graph_options or {})
         self.ae_epochs, self.epochs, self.graph_every = ae_epochs, epochs, graph_every
         self.recon_weight, self.lr, self.weight_decay = recon_weight, lr, weight_decay
         self.dropout, self.batch_size, self.max_unlabelled = dropout, batch_size, max_unlabelled
@@ -266,11 +277,11 @@ class SemiSupervisedAssessor(Predictor):
     def _fit_member(self, lab_archs: list[Arch], t: torch.Tensor, unl_archs: list[Arch], seed: int) -> _Member:
         nodes = lab_archs + unl_archs
         n_lab = len(lab_archs)
-        featurizer = GraphFeaturizer(self.space).fit(nodes)
+        featurizer = GraphFeaturizer(self.space, self.graph_options).fit(nodes)
         A, X, M = featurizer.transform(nodes)
         with torch_seed(seed):
             ae = GraphAutoEncoder(featurizer.n_nodes, featurizer.n_features, self.hidden, self.latent)
-            gcn = GCN(self.latent, self.hidden, self.dropout)
+            gcn = GCN(self.latent, self.gcn_hidden, self.dropout)
             g = torch.Generator().manual_seed(seed)
             # stage 1: unsupervised representation learning on every node
             opt = torch.optim.Adam(ae.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -281,18 +292,24 @@ class SemiSupervisedAssessor(Predictor):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-            # stage 2: GCN on the similarity graph, encoder fine-tuned, reconstruction kept as a regulariser
-            opt = torch.optim.Adam(list(ae.parameters()) + list(gcn.parameters()), lr=self.lr,
-                                   weight_decay=self.weight_decay)
+            # stage 2: GCN on the similarity graph; the encoder fine-tuned with the reconstruction kept as a
+            # regulariser (finetune), or frozen (the graph is then built once)
+            params = list(gcn.parameters()) + (list(ae.parameters()) if self.finetune else [])
+            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
             gcn.train()
-            graph = None
+            graph, z = None, None
             for step in range(self.epochs):
-                z = ae.encode(A, X, M)
-                if graph is None or step % self.graph_every == 0:
-                    graph = SimilarityGraph(z, self.k, self.threshold)
+                if self.finetune:
+                    z = ae.encode(A, X, M)
+                elif z is None:
+                    ae.eval()
+                    with torch.no_grad():
+                        z = ae.encode(A, X, M)
+                if graph is None or (self.finetune and step % self.graph_every == 0):
+                    graph = SimilarityGraph(z, self.k, self.threshold, self.self_weight)
                 pred, _ = gcn(graph.P, z)
                 loss = F.mse_loss(pred[:n_lab], t)
-                if self.recon_weight:
+                if self.finetune and self.recon_weight:
                     loss = loss + self.recon_weight * ae.reconstruction_loss(z, A, X, M)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -301,7 +318,7 @@ class SemiSupervisedAssessor(Predictor):
         gcn.eval()
         with torch.no_grad():
             z = ae.encode(A, X, M)
-            graph = SimilarityGraph(z, self.k, self.threshold)
+            graph = SimilarityGraph(z, self.k, self.threshold, self.self_weight)
             out, hidden = gcn(graph.P, z)
         return _Member(featurizer, ae, gcn, graph, {a: i for i, a in enumerate(nodes)}, out, hidden)
 

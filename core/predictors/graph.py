@@ -34,10 +34,11 @@ def chain_graph(space: SearchSpace, arch: Mapping[str, Any]) -> tuple[np.ndarray
     return adj, ["input", *[(c.name, arch[c.name]) for c in space.choices], "output"]
 
 
-def arch_graph(space: SearchSpace, arch: Mapping[str, Any]) -> tuple[np.ndarray, Any]:
+def arch_graph(space: SearchSpace, arch: Mapping[str, Any], **options: Any) -> tuple[np.ndarray, Any]:
+    """`space.graph(arch, **options)` when the space has a graph form, else the chain graph over the choices."""
     graph = getattr(space, "graph", None)
     if callable(graph):
-        return graph(arch)
+        return graph(arch, **options)
     return chain_graph(space, arch)
 
 
@@ -50,14 +51,15 @@ def _label_key(label: Any) -> Any:
 class GraphFeaturizer:
     """(adjacency [N, N], features [N, F], node mask [N]) tensors for batches of archs."""
 
-    def __init__(self, space: SearchSpace):
+    def __init__(self, space: SearchSpace, options: Mapping[str, Any] | None = None):
         self.space = space
+        self.options = dict(options or {})
         self.vocab: dict[Any, int] | None = None
         self.numeric_width: int | None = None
         self.n_nodes = 0
 
     def fit(self, archs: Sequence[Mapping[str, Any]]) -> "GraphFeaturizer":
-        graphs = [arch_graph(self.space, a) for a in archs]
+        graphs = [arch_graph(self.space, a, **self.options) for a in archs]
         self.n_nodes = max(len(np.asarray(adj)) for adj, _ in graphs)
         first = graphs[0][1]
         if isinstance(first, np.ndarray) and first.ndim == 2 and np.issubdtype(first.dtype, np.number):
@@ -82,7 +84,7 @@ class GraphFeaturizer:
         X = torch.zeros(len(archs), n, f)
         M = torch.zeros(len(archs), n)
         for b, arch in enumerate(archs):
-            adj, ops = arch_graph(self.space, arch)
+            adj, ops = arch_graph(self.space, arch, **self.options)
             adj = np.asarray(adj, dtype=np.float32)
             k = len(adj)
             if k > n:

@@ -53,6 +53,7 @@ Choices we made, with their reasons:
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -191,7 +192,7 @@ class BlockQNN(Strategy):
         self.replay_batch, self.reward_shaping = replay_batch, reward_shaping
         self.mu, self.rho, self.flops_ref, self.density_ref = mu, rho, flops_ref, density_ref
         self.env = episodes_for(space, state)
-        self.q: dict[tuple[Hashable, Any], float] = {}
+        self.q: dict[Hashable, dict[Any, float]] = {}
         self.memory: list[tuple[list[tuple[Hashable, Any, Hashable | None, list[Any]]], float]] = []
         self.rewards: list[float] = []
 
@@ -202,26 +203,37 @@ class BlockQNN(Strategy):
         return epsilon_at(self.schedule, self.asked)
 
     def value(self, state: Hashable, action: Any) -> float:
-        return self.q.get((state, action), self.q_init)
+        row = self.q.get(state)
+        return self.q_init if row is None else row.get(action, self.q_init)
 
-    def _act(self, state: Hashable, actions: list[Any], epsilon: float) -> Any:
-        if self.rng.random() < epsilon:
-            return self.rng.choice(actions)
-        values = [self.value(state, a) for a in actions]
+    def best_value(self, state: Hashable, actions: Sequence[Any]) -> float:
+        """max_a Q(state, a) over the actions available there (unvisited ones count as q_init)."""
+        row = self.q.get(state)
+        if not row:
+            return self.q_init
+        best = max(row.values())
+        return best if len(row) >= len(actions) else max(best, self.q_init)
+
+    def _act(self, state: Hashable, actions: list[Any], epsilon: float, rng: random.Random) -> Any:
+        if rng.random() < epsilon:
+            return rng.choice(actions)
+        row = self.q.get(state, {})
+        values = [row.get(a, self.q_init) for a in actions]
         best = max(values)
-        return self.rng.choice([a for a, v in zip(actions, values) if v == best])
+        return rng.choice([a for a, v in zip(actions, values) if v == best])
 
-    def episode(self, epsilon: float | None = None) -> Arch:
+    def episode(self, epsilon: float | None = None, rng: random.Random | None = None) -> Arch:
         """Roll out one episode with the current Q table (retrying the rare invalid one)."""
         epsilon = self.epsilon if epsilon is None else epsilon
+        rng = rng or self.rng
         for _ in range(100):
             prefix: list[Any] = []
             while not self.env.done(prefix):
-                prefix.append(self._act(self.env.state(prefix), self.env.actions(prefix), epsilon))
+                prefix.append(self._act(self.env.state(prefix), self.env.actions(prefix), epsilon, rng))
             arch = self.env.to_arch(prefix)
             if arch is not None:
                 return arch
-        return self.space.sample(self.rng)
+        return self.space.sample(rng)
 
     def propose(self) -> Arch:
         epsilon = self.epsilon
@@ -273,8 +285,9 @@ class BlockQNN(Strategy):
             if nxt is None:
                 target = reward
             else:
-                target = step_reward + self.gamma * max(self.value(nxt, a) for a in next_actions)
-            self.q[(state, action)] = (1 - self.alpha) * self.value(state, action) + self.alpha * target
+                target = step_reward + self.gamma * self.best_value(nxt, next_actions)
+            row = self.q.setdefault(state, {})
+            row[action] = (1 - self.alpha) * row.get(action, self.q_init) + self.alpha * target
 
     def tell(self, arch: Arch, result: Result) -> None:
         super().tell(arch, result)
@@ -287,5 +300,5 @@ class BlockQNN(Strategy):
             self.learn(*self.memory[self.rng.randrange(len(self.memory))])
 
     def greedy(self) -> Arch:
-        """The arch the agent would write with no exploration (ties broken by the strategy's rng)."""
-        return self.episode(epsilon=0.0)
+        """The arch the agent would write with no exploration (ties broken by a fixed rng; the search is untouched)."""
+        return self.episode(epsilon=0.0, rng=random.Random(0))

@@ -1,0 +1,104 @@
+"""Every sample-based strategy on the shipped tabular benchmark, many seeds, one query budget.
+
+For each strategy and seed, a journaled search runs on the `cell201` space
+answered by the `tabular` evaluator (validation accuracy after the recipe's
+last epoch). Printed per strategy, next to random search:
+- median queries (distinct archs evaluated) until one in the top 1% of the
+  table is found (the budget + 1 when never found within the budget),
+- median final regret (best validation accuracy in the table minus the best found),
+- median test accuracy of the arch the search returns,
+- the ratio of its median queries to random search's.
+
+    python benchmarks/strategies.py [--seeds 20] [--budget 200] [--only random evolution ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import core.spaces  # noqa: E402,F401
+import core.strategies  # noqa: E402,F401
+from core.engine.registry import STRATEGIES  # noqa: E402
+from core.engine.report import table  # noqa: E402
+from core.evaluation.tabular import TabularEvaluator  # noqa: E402
+from core.journal import Journal  # noqa: E402
+from core.objective import Objective  # noqa: E402
+from core.search import Search  # noqa: E402
+
+#: label -> (registered strategy, keyword arguments, objective overrides)
+ENTRIES: dict[str, tuple[str, dict, dict]] = {
+    "random": ("random", {}, {}),
+    "evolution": ("evolution", {"population_size": 20, "sample_size": 5}, {}),
+    "tpe": ("tpe", {}, {}),
+    "nsga2+ee-pi": ("nsga2", {}, {"pareto": ["accuracy:max", "params:min"]}),
+    "blockqnn": ("blockqnn", {}, {}),
+    "esnac-bo": ("esnac", {}, {}),
+    "pnas": ("pnas", {}, {}),
+    "predictor-mlp": ("predictor", {"model": "mlp"}, {}),
+    "assessor": ("predictor", {"model": "assessor"}, {}),
+}
+
+
+def run_one(label: str, seed: int, budget: int, evaluator: TabularEvaluator, threshold: float, folder: Path) -> dict:
+    name, kwargs, objective_cfg = ENTRIES[label]
+    space = evaluator.space
+    objective = Objective.from_config(**objective_cfg)
+    strategy = STRATEGIES.get(name)(space=space, seed=seed, objective=objective, **kwargs)
+    seen: set = set()
+    hit = {"queries": budget + 1}
+
+    def on_trial(i, arch, result):
+        seen.add(arch)
+        if hit["queries"] > budget and result.metrics.get("val_accuracy", 0.0) >= threshold:
+            hit["queries"] = len(seen)
+
+    start = time.perf_counter()
+    with Journal(folder / f"{label}-{seed}.sqlite", durability="process") as journal:
+        summary = Search(space, strategy, evaluator, objective, journal, budget=budget, progress=False,
+                         on_trial=on_trial).run()
+    best_val = max(r.metrics["val_accuracy"] for _, r in summary.trials if r.ok)
+    best_arch = max(((a, r) for a, r in summary.trials if r.ok), key=lambda t: t[1].metrics["val_accuracy"])[0]
+    return {"queries": hit["queries"], "regret": evaluator.best_value("val") - best_val,
+            "test": evaluator.value(best_arch, "test"), "seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--budget", type=int, default=200)
+    parser.add_argument("--only", nargs="+", choices=sorted(ENTRIES))
+    args = parser.parse_args()
+    evaluator = TabularEvaluator()
+    threshold = evaluator.percentile_threshold(0.01, "val")
+    labels = args.only or list(ENTRIES)
+    if "random" not in labels:
+        labels = ["random", *labels]
+    print(f"tabular benchmark: {len(evaluator.all_archs())} archs, top-1% val accuracy >= {threshold:.4f}, "
+          f"best {evaluator.best_value('val'):.4f}; {args.seeds} seeds, budget {args.budget} queries")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in labels:
+            runs = [run_one(label, seed, args.budget, evaluator, threshold, Path(tmp)) for seed in range(args.seeds)]
+            queries = statistics.median(r["queries"] for r in runs)
+            rows.append({"strategy": label, "median_queries_top1%": queries,
+                         "found_top1%": f"{sum(r['queries'] <= args.budget for r in runs)}/{args.seeds}",
+                         "median_regret": statistics.median(r["regret"] for r in runs),
+                         "median_test_acc": statistics.median(r["test"] for r in runs),
+                         "s_per_run": statistics.mean(r["seconds"] for r in runs)})
+            print(f"  {label}: median queries {queries}", flush=True)
+    random_queries = rows[0]["median_queries_top1%"]
+    for row in rows:
+        row["queries_vs_random"] = row["median_queries_top1%"] / random_queries
+    print(table(rows, ["strategy", "median_queries_top1%", "queries_vs_random", "found_top1%", "median_regret",
+                       "median_test_acc", "s_per_run"]))
+
+
+if __name__ == "__main__":
+    main()
