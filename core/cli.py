@@ -129,7 +129,6 @@ def cmd_search(cfg, progress: bool, resume: str | None) -> int:
     if not cfg.get("strategy"):
         raise ConfigError("strategy: missing section; e.g. strategy: {name: evolution}")
     strategy = STRATEGIES.build(cfg["strategy"], "strategy", space=space, seed=cfg["seed"], objective=objective)
-    evaluator = task.evaluator(space, data)
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "journal.sqlite").is_file() and not (run_dir / "searcher.pt").is_file():
@@ -145,6 +144,7 @@ def cmd_search(cfg, progress: bool, resume: str | None) -> int:
     _log(f"run folder: {run_dir}")
     if one_shot:
         return _one_shot_search(cfg, task, data, space, strategy, run_dir, progress)
+    evaluator = task.evaluator(space, data)  # after the one-shot branch: a supernet evaluator trains on creation
     journal = Journal(run_dir / "journal.sqlite", durability=cfg["search"]["journal_durability"])
     try:
         summary = Search(space, strategy, evaluator, objective, journal, budget=cfg["search"]["budget"],

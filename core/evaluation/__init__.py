@@ -2,5 +2,9 @@
 
 from core.evaluation.base import Evaluator, FunctionEvaluator, safe_evaluate
 from core.evaluation.result import Result
+from core.evaluation.supernet import SupernetEvaluator
+from core.evaluation.tabular import TabularEvaluator
+from core.evaluation.train import TrainEvaluator
 
-__all__ = ["Evaluator", "FunctionEvaluator", "Result", "safe_evaluate"]
+__all__ = ["Evaluator", "FunctionEvaluator", "Result", "safe_evaluate", "SupernetEvaluator", "TabularEvaluator",
+           "TrainEvaluator"]

@@ -9,9 +9,10 @@ space on the embedded digits data (`core/data/cell201_digits.json.gz`, built
 by `tools/build_tabular_benchmark.py`; recipe and build time in its `meta`
 and in `docs/drafts/tabular.md`).
 
-`evaluate(arch)` returns the accuracy after `epoch` epochs (default: the
-last) and `cost` = the training seconds the build spent on that arch up to
-that epoch, so budgets in simulated seconds work as well as query counts.
+The table holds every arch trained with two seeds; `evaluate(arch)` returns
+the mean accuracy over the seeds after `epoch` epochs (default: the last;
+`seed=` picks one seed's run instead) and `cost` = the training CPU seconds the build spent on that arch up
+to that epoch, so budgets in simulated seconds work as well as query counts.
 Epochs are points on one full-length cosine run (NAS-Bench-201's convention),
 which makes `evaluate_at(arch, epoch)` a multi-fidelity query.
 """
@@ -57,6 +58,11 @@ class Table:
         self.macs = np.asarray(data["macs"], dtype=np.float64)
         self.curves = {c: np.asarray(data[c], dtype=np.float64) for c in _CURVES}
         self.epochs = self.curves["val_acc"].shape[1]
+        recipe = self.meta.get("recipe", {})
+        self.seeds: list[int] = list(recipe.get("seeds", [recipe.get("seed", 0)]))
+        #: per-seed accuracy curves [archs, seeds, epochs] (the main curves are their mean)
+        self.by_seed = {c: np.asarray(data[f"{c}_by_seed"], dtype=np.float64)
+                        for c in ("val_acc", "test_acc") if f"{c}_by_seed" in data}
 
 
 def _malformed(path: str, why: str) -> ValueError:
@@ -79,6 +85,9 @@ def _check(path: str, data: Any) -> None:
     lengths = {len(row) for c in _CURVES for row in data[c]}
     if len(lengths) != 1 or 0 in lengths:
         raise _malformed(path, f"per-epoch curves of unequal or zero length {sorted(lengths)}")
+    for col in ("val_acc_by_seed", "test_acc_by_seed"):
+        if col in data and (len(data[col]) != n or {len(c) for row in data[col] for c in row} != lengths):
+            raise _malformed(path, f"column {col!r} does not hold one curve per arch and seed")
 
 
 @lru_cache(maxsize=4)
@@ -112,12 +121,13 @@ class TabularEvaluator(Evaluator):
     N); `None` builds it from the table. `data` is accepted for the CLI and
     unused. `epoch` (1-based, default: the last) is the fidelity `evaluate`
     answers at; `metric` ("val" or "test") is the split reported as
-    `accuracy`. Result metrics: accuracy, val_accuracy, test_accuracy,
-    params, macs, train_seconds, epoch.
+    `accuracy`; `seed` answers from one training seed's run instead of the
+    mean over the table's seeds (for noise studies). Result metrics:
+    accuracy, val_accuracy, test_accuracy, params, macs, train_seconds, epoch.
     """
 
     def __init__(self, space: SearchSpace | None = None, data: Any = None, path: str | None = None,
-                 epoch: int | None = None, metric: str = "val"):
+                 epoch: int | None = None, metric: str = "val", seed: int | None = None):
         from core.spaces.cell201 import Cell201Space
 
         self.table = load_table(path)
@@ -132,8 +142,15 @@ class TabularEvaluator(Evaluator):
                              f"the space has {space.config()} (use space: {{name: cell201, ...}} with those)")
         if metric not in ("val", "test"):
             raise ValueError(f"evaluator.metric: expected 'val' or 'test', got {metric!r}")
-        self.space, self.metric = space, metric
+        self.space, self.metric, self.seed = space, metric, seed
         self.epoch = self._epoch(epoch)
+        self.curves = {c: self.table.curves[c] for c in _CURVES}
+        if seed is not None:
+            if seed not in self.table.seeds or not self.table.by_seed:
+                raise ValueError(f"evaluator.seed: the tabular benchmark {self.table.path} has per-seed runs for "
+                                 f"seeds {self.table.seeds if self.table.by_seed else []}, not {seed!r}")
+            k = self.table.seeds.index(seed)
+            self.curves.update({c: self.table.by_seed[c][:, k, :] for c in ("val_acc", "test_acc")})
 
     # -- evaluation --------------------------------------------------------------
     @property
@@ -165,15 +182,16 @@ class TabularEvaluator(Evaluator):
     def evaluate_at(self, arch: Arch, epoch: int | None = None) -> Result:
         """The table's record of `arch` after `epoch` epochs (default: the evaluator's epoch)."""
         i, e = self.row(arch), self._epoch(epoch if epoch is not None else self.epoch) - 1
-        val, test = float(self.table.curves["val_acc"][i, e]), float(self.table.curves["test_acc"][i, e])
-        seconds = float(self.table.curves["train_seconds"][i, e])
+        val, test = float(self.curves["val_acc"][i, e]), float(self.curves["test_acc"][i, e])
+        seconds = float(self.curves["train_seconds"][i, e])
         metrics = {"accuracy": val if self.metric == "val" else test, "val_accuracy": val, "test_accuracy": test,
                    "params": float(self.table.params[i]), "macs": float(self.table.macs[i]),
                    "train_seconds": seconds, "epoch": float(e + 1)}
         return Result(metrics=metrics, cost=seconds)
 
     def config(self) -> dict[str, Any]:
-        return {"type": "tabular", "table": self.table.digest, "epoch": self.epoch, "metric": self.metric}
+        return {"type": "tabular", "table": self.table.digest, "epoch": self.epoch, "metric": self.metric,
+                "seed": self.seed}
 
     # -- helpers for benchmarks ------------------------------------------------------
     def all_archs(self) -> list[Arch]:
@@ -187,7 +205,7 @@ class TabularEvaluator(Evaluator):
         column = _METRICS.get(metric or self.metric)
         if column is None:
             raise ValueError(f"metric: expected one of {sorted(_METRICS)}, got {metric!r}")
-        return self.table.curves[column][:, self._epoch(epoch if epoch is not None else self.epoch) - 1]
+        return self.curves[column][:, self._epoch(epoch if epoch is not None else self.epoch) - 1]
 
     def best(self, metric: str | None = None, epoch: int | None = None) -> Arch:
         """The arch with the highest accuracy (the first in table order on ties)."""

@@ -222,18 +222,20 @@ class SemiSupervisedAssessor(Predictor):
         epochs: joint full-batch steps of encoder + decoder + GCN.
         graph_every: rebuild the similarity graph every this many joint steps.
         finetune: train the encoder in the joint stage too (False: frozen auto-encoder representations).
+        prune: drop the nodes off every input-to-output path (NAS-Bench-101's pruning; `none` counts as absent).
         graph_options: keyword arguments for `space.graph` (cell201: `{prune: true}` unlinks `none` nodes).
         recon_weight: weight of the reconstruction loss in the joint stage.
         max_unlabelled: at most this many unlabelled archs join the graph (seeded random subset).
+        targets: "standard" (z-scores, MSE on the values) or "rank" (MSE on uniform rank scores; see `Scaler`).
         ensemble: members averaged; member i uses seed + i.
     """
 
     def __init__(self, space: SearchSpace, latent: int = 16, hidden: int = 32, gcn_hidden: int = 64, k: int = 10,
-                 threshold: float = 0.0, self_weight: float = 1.0, finetune: bool = True,
+                 threshold: float = 0.0, self_weight: float = 1.0, finetune: bool = True, prune: bool = True,
                  graph_options: dict | None = None,
-                 ae_epochs: int = 60, epochs: int = 300, graph_every: int = 25, recon_weight: float = 1.0,
+                 ae_epochs: int = 10, epochs: int = 60, graph_every: int = 20, recon_weight: float = 1.0,
                  lr: float = 3e-3, weight_decay: float = 1e-4, dropout: float = 0.1, batch_size: int = 128,
-                 max_unlabelled: int = 2000, ensemble: int = 1, seed: int = 0):
+                 max_unlabelled: int = 2000, targets: str = "standard", ensemble: int = 1, seed: int = 0):
         for name, value in (("latent", latent), ("hidden", hidden), ("gcn_hidden", gcn_hidden), ("k", k), ("epochs", epochs),
                             ("graph_every", graph_every), ("batch_size", batch_size), ("ensemble", ensemble)):
             if value < 1:
@@ -245,13 +247,13 @@ class SemiSupervisedAssessor(Predictor):
             raise ValueError(f"SemiSupervisedAssessor: self_weight must be > 0, got {self_weight}")
         self.latent, self.hidden, self.gcn_hidden = latent, hidden, gcn_hidden
         self.k, self.threshold, self.self_weight = k, threshold, self_weight
-        self.finetune, self.graph_options = finetune, dict(graph_options or {})
+        self.finetune, self.prune, self.graph_options = finetune, prune, dict(graph_options or {})
         self.ae_epochs, self.epochs, self.graph_every = ae_epochs, epochs, graph_every
         self.recon_weight, self.lr, self.weight_decay = recon_weight, lr, weight_decay
         self.dropout, self.batch_size, self.max_unlabelled = dropout, batch_size, max_unlabelled
         self.ensemble, self.seed = ensemble, seed
         self.members: list[_Member] = []
-        self.scaler = Scaler("standard")
+        self.scaler = Scaler(targets)
 
     def fit(self, archs: Sequence[Mapping[str, Any]], targets: Sequence[float],
             unlabelled: Sequence[Mapping[str, Any]] = ()) -> "SemiSupervisedAssessor":
@@ -277,17 +279,22 @@ class SemiSupervisedAssessor(Predictor):
     def _fit_member(self, lab_archs: list[Arch], t: torch.Tensor, unl_archs: list[Arch], seed: int) -> _Member:
         nodes = lab_archs + unl_archs
         n_lab = len(lab_archs)
-        featurizer = GraphFeaturizer(self.space, self.graph_options).fit(nodes)
+        featurizer = GraphFeaturizer(self.space, self.graph_options, self.prune).fit(nodes)
         A, X, M = featurizer.transform(nodes)
+        # archs with the same (pruned) graph share one encoding: encode each distinct graph once
+        flat = torch.cat([A.flatten(1), X.flatten(1), M], 1).numpy()
+        _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+        first, inverse = torch.as_tensor(first), torch.as_tensor(inverse.reshape(-1))
+        A, X, M = A[first], X[first], M[first]
         with torch_seed(seed):
             ae = GraphAutoEncoder(featurizer.n_nodes, featurizer.n_features, self.hidden, self.latent)
             gcn = GCN(self.latent, self.gcn_hidden, self.dropout)
             g = torch.Generator().manual_seed(seed)
-            # stage 1: unsupervised representation learning on every node
+            # stage 1: unsupervised representation learning on every distinct graph, labelled or not
             opt = torch.optim.Adam(ae.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             ae.train()
             for _ in range(self.ae_epochs):
-                for idx in minibatches(len(nodes), self.batch_size, g):
+                for idx in minibatches(len(A), self.batch_size, g):
                     loss = ae.reconstruction_loss(ae.encode(A[idx], X[idx], M[idx]), A[idx], X[idx], M[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -297,27 +304,28 @@ class SemiSupervisedAssessor(Predictor):
             params = list(gcn.parameters()) + (list(ae.parameters()) if self.finetune else [])
             opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
             gcn.train()
-            graph, z = None, None
+            graph, zu = None, None
             for step in range(self.epochs):
                 if self.finetune:
-                    z = ae.encode(A, X, M)
-                elif z is None:
+                    zu = ae.encode(A, X, M)
+                elif zu is None:
                     ae.eval()
                     with torch.no_grad():
-                        z = ae.encode(A, X, M)
+                        zu = ae.encode(A, X, M)
+                z = zu[inverse]
                 if graph is None or (self.finetune and step % self.graph_every == 0):
                     graph = SimilarityGraph(z, self.k, self.threshold, self.self_weight)
                 pred, _ = gcn(graph.P, z)
                 loss = F.mse_loss(pred[:n_lab], t)
                 if self.finetune and self.recon_weight:
-                    loss = loss + self.recon_weight * ae.reconstruction_loss(z, A, X, M)
+                    loss = loss + self.recon_weight * ae.reconstruction_loss(zu, A, X, M)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
         ae.eval()
         gcn.eval()
         with torch.no_grad():
-            z = ae.encode(A, X, M)
+            z = ae.encode(A, X, M)[inverse]
             graph = SimilarityGraph(z, self.k, self.threshold, self.self_weight)
             out, hidden = gcn(graph.P, z)
         return _Member(featurizer, ae, gcn, graph, {a: i for i, a in enumerate(nodes)}, out, hidden)

@@ -42,29 +42,53 @@ def clean_targets(targets: Sequence[float]) -> np.ndarray:
 
 
 class Scaler:
-    """Affine map of targets: `standard` (zero mean, unit variance) or `unit` (min..max onto lo..hi, for sigmoid heads)."""
+    """Map of targets to the training scale and back.
+
+    - `standard`: zero mean, unit variance (affine);
+    - `unit`: min..max onto lo..hi (affine; for sigmoid heads);
+    - `rank`: each target's mid-rank among the fitted ones, spread uniformly with unit variance (monotone,
+      piecewise linear between the fitted values; `inverse` interpolates back and clamps at the ends).
+      Only the order of the targets then matters, which is what a ranking surrogate needs when a few
+      outliers (dead networks at chance accuracy) would otherwise dominate a squared loss.
+    """
 
     def __init__(self, kind: str = "standard", lo: float = 0.1, hi: float = 0.9):
-        if kind not in ("standard", "unit"):
-            raise ValueError(f"target scaling must be 'standard' or 'unit', got {kind!r}")
+        if kind not in ("standard", "unit", "rank"):
+            raise ValueError(f"target scaling must be 'standard', 'unit' or 'rank', got {kind!r}")
         self.kind, self.lo, self.hi = kind, lo, hi
         self.shift, self.scale = 0.0, 1.0
+        self.values = self.scores = np.zeros(0)
 
     def fit(self, y: np.ndarray) -> "Scaler":
+        y = np.asarray(y, dtype=np.float64)
         if self.kind == "standard":
             self.shift = float(y.mean())
             self.scale = float(y.std()) or 1.0
-        else:
+        elif self.kind == "unit":
             low, high = float(y.min()), float(y.max())
             span = (high - low) or 1.0
             self.scale = span / (self.hi - self.lo)
             self.shift = low - self.lo * self.scale
+        else:
+            from scipy.stats import rankdata
+
+            n = len(y)
+            scores = (rankdata(y) - 0.5) / n - 0.5           # mid-ranks in (-0.5, 0.5)
+            scores = scores * np.sqrt(12.0)                  # unit variance for a uniform spread
+            self.values, first = np.unique(y, return_index=True)
+            self.scores = np.array([scores[y == v].mean() for v in self.values])
         return self
 
     def transform(self, y: np.ndarray) -> np.ndarray:
+        if self.kind == "rank":
+            return np.interp(y, self.values, self.scores) if len(self.values) > 1 else np.zeros_like(y)
         return (y - self.shift) / self.scale
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
+        if self.kind == "rank":
+            if len(self.values) < 2:
+                return np.full_like(y, self.values[0] if len(self.values) else 0.0)
+            return np.interp(y, self.scores, self.values)
         return y * self.scale + self.shift
 
 

@@ -11,7 +11,10 @@ nothing of the real wiring, which only a space's own `graph` can tell.
 `GraphFeaturizer` turns node labels into one-hot rows over a vocabulary fixed
 at `fit` (a label first seen at predict time gets an all-zero row) and pads
 graphs to a common node count. When `graph` returns a 2-D numeric array as
-ops, it is used as the node features as it is.
+ops, it is used as the node features as it is. With `prune`, nodes off every
+input-to-output path (node 0 to node N-1, `none` nodes counting as absent)
+lose their links and their label, as NAS-Bench-101 prunes its graphs: cells
+that compute the same function then get the same tensors.
 """
 
 from __future__ import annotations
@@ -42,6 +45,32 @@ def arch_graph(space: SearchSpace, arch: Mapping[str, Any], **options: Any) -> t
     return chain_graph(space, arch)
 
 
+def live_nodes(adj: np.ndarray, labels: Sequence[Any] | None = None, absent: Any = "none") -> np.ndarray:
+    """Nodes on some path from node 0 (input) to node N-1 (output) that avoids nodes labelled `absent`.
+
+    NAS-Bench-101's pruning (Ying et al., ICML 2019, `ModelSpec`): a node no
+    input-to-output path goes through cannot change the network's output.
+    """
+    n = len(adj)
+    ok = np.ones(n, dtype=bool)
+    if labels is not None:
+        ok &= np.array([not (isinstance(v, str) and v == absent) for v in labels], dtype=bool)
+    edges = (np.asarray(adj) > 0) & ok[:, None] & ok[None, :]
+
+    def reach(start: int, step: np.ndarray) -> np.ndarray:
+        seen = np.zeros(n, dtype=bool)
+        if not ok[start]:
+            return seen
+        seen[start] = True
+        frontier = seen.copy()
+        while frontier.any():
+            frontier = step[frontier].any(0) & ~seen
+            seen |= frontier
+        return seen
+
+    return reach(0, edges) & reach(n - 1, edges.T)
+
+
 def _label_key(label: Any) -> Any:
     if isinstance(label, list):
         return tuple(_label_key(v) for v in label)
@@ -51,9 +80,10 @@ def _label_key(label: Any) -> Any:
 class GraphFeaturizer:
     """(adjacency [N, N], features [N, F], node mask [N]) tensors for batches of archs."""
 
-    def __init__(self, space: SearchSpace, options: Mapping[str, Any] | None = None):
+    def __init__(self, space: SearchSpace, options: Mapping[str, Any] | None = None, prune: bool = False):
         self.space = space
         self.options = dict(options or {})
+        self.prune = prune
         self.vocab: dict[Any, int] | None = None
         self.numeric_width: int | None = None
         self.n_nodes = 0
@@ -89,6 +119,9 @@ class GraphFeaturizer:
             k = len(adj)
             if k > n:
                 raise ValueError(f"graph of {k} nodes, but the featurizer was fitted on graphs of at most {n}")
+            live = live_nodes(adj, None if self.numeric_width is not None else ops) if self.prune else None
+            if live is not None:
+                adj = adj * live[:, None] * live[None, :]
             A[b, :k, :k] = torch.from_numpy(adj)
             M[b, :k] = 1
             if self.numeric_width is not None:
@@ -96,6 +129,6 @@ class GraphFeaturizer:
             else:
                 for i, label in enumerate(ops):
                     j = self.vocab.get(_label_key(label))
-                    if j is not None:
+                    if j is not None and (live is None or live[i]):
                         X[b, i, j] = 1
         return A, X, M

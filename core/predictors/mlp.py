@@ -45,13 +45,14 @@ class MLPPredictor(Predictor):
         hidden: hidden layer widths.
         loss: "mse" or "l1".
         epochs: passes over the labelled set (mini-batches of `batch_size`).
+        targets: "standard" (z-scores) or "rank" (uniform rank scores; see `core.predictors.base.Scaler`).
         ensemble: number of independently initialised members whose predictions are averaged.
         seed: seed of member 0 (member i uses seed + i).
     """
 
     def __init__(self, space: SearchSpace, hidden: list[int] | None = None, loss: str = "mse", epochs: int = 200,
                  batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, dropout: float = 0.0,
-                 ensemble: int = 1, seed: int = 0):
+                 targets: str = "standard", ensemble: int = 1, seed: int = 0):
         if ensemble < 1 or epochs < 1 or batch_size < 1:
             raise ValueError("MLPPredictor: ensemble, epochs and batch_size must be >= 1")
         self.space = space
@@ -61,7 +62,7 @@ class MLPPredictor(Predictor):
         self.weight_decay, self.dropout = weight_decay, dropout
         self.ensemble, self.seed = ensemble, seed
         self.models: list[nn.Module] = []
-        self.scaler = Scaler("standard")
+        self.scaler = Scaler(targets)
 
     def _inputs(self, archs: Sequence[Any]) -> torch.Tensor:
         return self.space.encode_batch(archs)

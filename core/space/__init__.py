@@ -8,3 +8,4 @@ from core.space.space import SearchSpace
 
 __all__ = ["Arch", "Choice", "SearchSpace", "ChoiceModule", "activate", "set_mixture", "derive",
            "choice_modules", "architecture_parameters", "weight_parameters"]
+import core.space.sparsestmax  # noqa: F401,E402  (registers the sparsestmax and sparsemax relaxations)

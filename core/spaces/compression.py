@@ -163,14 +163,16 @@ def trace_chain(teacher: nn.Module, input_shape: Sequence[int]) -> list[Layer]:
                     x = y
                 kind = layer_type(module)
                 if kind == "Conv2d" and module.groups not in (1, module.in_channels):
-                    raise ValueError(f"compression space: grouped conv {module} is not supported (groups 1 or depthwise)")
+                    raise ValueError(f"compression space: grouped conv {module} is not supported "
+                                     "(groups 1 or depthwise)")
                 y = module(x)
                 layers.append(Layer(module, kind, tuple(x.shape[1:]), tuple(y.shape[1:])))
                 x = y
             expected = teacher(x0)
     finally:
         teacher.train(was_training)
-    if not isinstance(expected, torch.Tensor) or expected.shape != x.shape or not torch.allclose(expected, x, atol=1e-5):
+    same = isinstance(expected, torch.Tensor) and expected.shape == x.shape and torch.allclose(expected, x, atol=1e-5)
+    if not same:
         raise ValueError("compression space: the teacher's forward is not the chain of its leaf modules "
                          "(residual blocks and custom forwards are not supported; pass an nn.Sequential)")
     return layers
@@ -180,7 +182,7 @@ def trace_chain(teacher: nn.Module, input_shape: Sequence[int]) -> list[Layer]:
 # Students
 # ---------------------------------------------------------------------------------------------
 class CompressedNet(nn.Module):
-    """Layer j reads the sum of the outputs of `sources[j]` (-1: the network input); the last layer's output is returned."""
+    """Layer j reads the sum of the outputs of `sources[j]` (-1: the network input); returns the last layer's."""
 
     def __init__(self, layers: Sequence[nn.Module], sources: Sequence[Sequence[int]]):
         super().__init__()
@@ -293,7 +295,7 @@ class CompressionSpace(SearchSpace):
                       if self.layers[i].out_shape == self.layers[j].in_shape]
         ratios = tuple(k / shrink_levels for k in range(shrink_levels))
         choices = [Choice(f"layer{i}.remove", (False, True)) for i in self.removable]
-        choices += [Choice(f"width{F}.shrink", ratios) for F in self.groups]
+        choices += [Choice(f"width{w}.shrink", ratios) for w in self.groups]
         choices += [Choice(f"skip.{i}.{j}", (False, True)) for i, j in self.skips]
         super().__init__(choices)
 
@@ -334,8 +336,8 @@ class CompressionSpace(SearchSpace):
             values[f"layer{i}.remove"] = rng.random() < p1
             if values[f"layer{i}.remove"]:
                 removed.add(i)
-        for F in self.groups:
-            values[f"width{F}.shrink"] = rng.choice(self.choice(f"width{F}.shrink").options)
+        for width in self.groups:
+            values[f"width{width}.shrink"] = rng.choice(self.choice(f"width{width}.shrink").options)
         p3 = rng.choice(self.skip_probs)
         for i, j in self.skips:
             values[f"skip.{i}.{j}"] = j not in removed and rng.random() < p3
@@ -344,7 +346,7 @@ class CompressionSpace(SearchSpace):
     # -- the student's structure -----------------------------------------------------------------
     def widths(self, arch: Mapping[str, Any]) -> dict[int, int]:
         """Teacher width F -> student width for every shrinkable channel group."""
-        return {F: max(1, int((1.0 - arch[f"width{F}.shrink"]) * F)) for F in self.groups}
+        return {w: max(1, int((1.0 - arch[f"width{w}.shrink"]) * w)) for w in self.groups}
 
     def _plan(self, arch: Mapping[str, Any]) -> _Plan:
         arch = self.check(arch)
@@ -369,8 +371,8 @@ class CompressionSpace(SearchSpace):
             if removed[j]:
                 out = idx
             elif layer.kind in ("Conv2d", "Linear"):
-                F_ = layer.out_width
-                out = list(range(widths[F_] if j != self.logits_layer and F_ in widths else F_))
+                w = layer.out_width
+                out = list(range(widths[w] if j != self.logits_layer and w in widths else w))
             elif layer.kind == "Flatten" and len(layer.in_shape) > 1:
                 hw = math.prod(layer.in_shape[1:])
                 out = [c * hw + s for c in idx for s in range(hw)]
@@ -460,7 +462,8 @@ class CompressionEvaluator(Evaluator):
                  weight_decay: float = 5e-4, teacher_epochs: int = 30, teacher_lr: float = 1e-3,
                  sample_ratio: float = 1.0, seed: int = 0, threads: int | None = 1):
         if not isinstance(space, CompressionSpace):
-            raise ConfigError(f"evaluator.name: 'compression' needs space.name 'compression', got {type(space).__name__}")
+            raise ConfigError(f"evaluator.name: 'compression' needs space.name 'compression', "
+                              f"got {type(space).__name__}")
         if not 0 < sample_ratio <= 1:
             raise ConfigError(f"evaluator.sample_ratio must be in (0, 1], got {sample_ratio}")
         if epochs < 0 or teacher_epochs < 0:

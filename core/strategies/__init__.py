@@ -1,9 +1,12 @@
 """Sample-based (ask/tell) and gradient-based searchers, registered by name in STRATEGIES."""
 
 from core.strategies.base import Strategy
+from core.strategies.blockqnn import BlockQNN
+from core.strategies.darts_search import DartsSearcher
 from core.strategies.dna import DNASearch
+from core.strategies.esnac import ESNAC
 from core.strategies.evolution import RegularizedEvolution
 from core.strategies.netadapt import NetAdaptV2Searcher
 from core.strategies.random_search import RandomSearch
 
-__all__ = ["Strategy", "RandomSearch", "RegularizedEvolution", "DNASearch", "NetAdaptV2Searcher"]
+__all__ = ["Strategy", "BlockQNN", "ESNAC", "RandomSearch", "RegularizedEvolution", "DartsSearcher", "DNASearch", "NetAdaptV2Searcher"]

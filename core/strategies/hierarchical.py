@@ -5,8 +5,9 @@ Economical Neural Architecture Search", CVPR 2020 (arXiv 2001.01233), Sec. 4
 (hierarchical proxy strategy); official code `DongzhanZhou/EcoNAS`,
 `search/main.py` and `search/train.py` (METHODS.md 1.2).
 
-One training schedule of `S * segment_epochs` epochs (paper: a 60-epoch
-cosine schedule) is cut into `S` segments (paper: 3 of 20 epochs). Pool e_k
+One training schedule (paper: a 60-epoch cosine schedule) is cut into `S`
+segments (paper: 3 of 20 epochs; `segment_epochs`, or by default the
+evaluator's whole schedule cut as evenly as whole epochs allow). Pool e_k
 holds the networks that have completed k segments. The search:
 
 1. trains `population_size` (16) random archs for one segment (pool e1);
@@ -20,6 +21,8 @@ holds the networks that have completed k segments. The search:
       input on the DARTS space), trained for one segment into e1;
    c. a network not trained for `max_age` (10) iterations drops out of the
       pools (finished e3 networks thus age out too).
+   A child that repeats an arch already trained (every neighbour of its
+   mother was tried) is skipped rather than trained twice.
    Mothers and continued networks are chosen from the pools as they stand at
    the start of the iteration, as in `search/main.py`.
 
@@ -34,9 +37,9 @@ anything with `evaluate_at(arch, epochs) -> Result` giving the result after
 per-epoch table; a `TrainEvaluator` is wrapped in `SegmentedTraining`, which
 keeps each network's model, optimizer, scheduler and data order in memory
 and resumes them, so segment k continues segment k-1 of one cosine schedule).
-The cost is counted in training epochs: one segment costs `segment_epochs`,
-whatever the backend, and `budget_epochs` stops the search before the
-training that would exceed it.
+The cost is counted in training epochs: a segment costs its length in
+epochs, whatever the backend, and `budget_epochs` stops the search before
+the training that would exceed it.
 
 The plain ask/tell interface (the `archforge search` loop, one fixed
 fidelity) runs the single-proxy variant of the official code,
@@ -320,28 +323,20 @@ class EcoNAS(Strategy):
         """Run the hierarchical proxy search against a multi-fidelity evaluator (see the module docstring)."""
         start = time.perf_counter()
         backend = as_multi_fidelity(evaluator)
-        seg = self.segment_epochs
-        if seg is None:
-            total = schedule_epochs(backend)
-            if total is None:
-                raise ConfigError("strategy.segment_epochs: the evaluator does not say how long its schedule is; "
-                                  "set segment_epochs")
-            seg = total // self.segments
-            if seg < 1:
-                raise ConfigError(f"strategy.segments: {self.segments} segments do not fit the evaluator's "
-                                  f"{total}-epoch schedule")
+        ends = self.segment_ends(backend)
         budget = budget_epochs if budget_epochs is not None else self.budget_epochs
         iteration_count = 0
 
         def train(net: Net, iteration: int) -> None:
-            if budget is not None and self.epochs_used + seg > budget:
+            epochs = ends[net.level]
+            cost = epochs - (ends[net.level - 1] if net.level else 0)
+            if budget is not None and self.epochs_used + cost > budget:
                 raise BudgetExhausted
-            epochs = (net.level + 1) * seg
             try:
                 result = backend.evaluate_at(net.arch, epochs)
             except Exception as err:  # noqa: BLE001 - a candidate's failure never stops the search
                 result = Result.failed(f"{type(err).__name__}: {err}")
-            self.epochs_used += seg
+            self.epochs_used += cost
             self.records.append((net.arch, epochs, result))
             if on_result:
                 on_result(net.arch, epochs, result)
@@ -362,14 +357,19 @@ class EcoNAS(Strategy):
 
         try:
             for _ in range(self.population_size):
-                train(new_net(self.fresh(lambda: self.space.sample(self.rng)), 0), 0)
+                arch = self.fresh(lambda: self.space.sample(self.rng))
+                if arch not in self.nets:
+                    train(new_net(arch, 0), 0)
             for iteration in range(self.iterations):
                 pools = self._pools(iteration, backend)
                 continued = [net for k in range(self.segments - 1) for net in pools[k][: self.continue_top[k]]]
                 mothers = [self._tournament(pools[k]) for k in range(self.segments) if pools[k]
                            for _ in range(self.children[k])]
-                kids = [new_net(self.fresh(lambda m=m: self.space.mutate(m.arch, self.rng)), iteration)
-                        for m in mothers]
+                kids = []
+                for mother in mothers:
+                    child = self.fresh(lambda m=mother: self.space.mutate(m.arch, self.rng))
+                    if child not in self.nets:  # every neighbour tried already: no child from this mother
+                        kids.append(new_net(child, iteration))
                 for net in continued:
                     train(net, iteration)
                 for net in kids:
@@ -382,6 +382,20 @@ class EcoNAS(Strategy):
                              epochs_used=self.epochs_used, segment_evaluations=len(self.records),
                              iterations=iteration_count, records=list(self.records),
                              seconds=time.perf_counter() - start)
+
+    def segment_ends(self, evaluator: Any = None) -> list[int]:
+        """Cumulative epochs at the end of each segment: `k * segment_epochs`, or, when that is null, the
+        evaluator's schedule cut as evenly as whole epochs allow (10 epochs, 3 segments: 3, 7, 10)."""
+        if self.segment_epochs is not None:
+            return [k * self.segment_epochs for k in range(1, self.segments + 1)]
+        total = schedule_epochs(evaluator)
+        if total is None:
+            raise ConfigError("strategy.segment_epochs: the evaluator does not say how long its schedule is; "
+                              "set segment_epochs")
+        if total < self.segments:
+            raise ConfigError(f"strategy.segments: {self.segments} segments do not fit the evaluator's "
+                              f"{total}-epoch schedule")
+        return [round(k * total / self.segments) for k in range(1, self.segments + 1)]
 
     def _release(self, backend: Any, net: Net) -> None:
         release = getattr(backend, "release", None)

@@ -50,7 +50,7 @@ class PredictorGuided(Strategy):
     """
 
     def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None, model: str = "mlp",
-                 warmup: int = 20, round_size: int = 10, pool_size: int = 1000,
+                 warmup: int = 10, round_size: int = 10, pool_size: int = 300,
                  predictor: dict[str, Any] | None = None):
         super().__init__(space, seed, objective)
         for name, value in (("warmup", warmup), ("round_size", round_size), ("pool_size", pool_size)):

@@ -28,12 +28,17 @@ Decisions and deviations:
 - An arch the space rejects (`constraint_error`) is told -inf at once and a
   new one is asked.
 - TPE may propose an arch it has proposed before (hyperopt does too, and in a
-  small space it does so often once its densities are peaked). Instead of
-  spending a query on it, that optuna trial is closed as FAIL (TPE ignores
-  FAIL trials, so the repeat adds no weight and the study does not swell
-  with copies) and a new arch is asked, up to `max_duplicate_tries` times;
-  then a fresh random arch is used and told to optuna as an ordinary trial
-  (`enqueue_trial`). Every COMPLETE optuna trial thus is one real evaluation.
+  small space it does so often once its densities peak). Instead of spending
+  a query on the repeat, the known fitness is told to that optuna trial at
+  once (the observation hyperopt would get by evaluating it again), or, while
+  the first copy is still being evaluated, the trial waits for that result;
+  then a new arch is asked, up to `max_duplicate_tries` times, and after that
+  a fresh random arch is taken and told to optuna as an ordinary trial
+  (`enqueue_trial`). Measured on the tabular benchmark (15 seeds, budget
+  100): closing repeats as FAIL instead (TPE ignores FAIL trials) left TPE
+  about as slow to reach the top 1% as random search (median 79 vs 94
+  queries) and 4x slower to run; telling the known value gave 42; more
+  retries (20) gave the same 42 at 4x the run time.
 - Inactive choices (`space.canonical`) keep the values TPE sampled in the
   optuna trial; the arch proposed is the canonical one.
 """
@@ -69,13 +74,13 @@ class TPE(Strategy):
     hyperopt's rule; null for optuna's), `multivariate` (false: independent
     per-choice densities as in hyperopt; true: optuna's multivariate TPE),
     `group` (false), `constant_liar` (true: archs asked but not yet told count
-    as bad, which spreads the archs of one batch), `max_duplicate_tries` (20).
+    as bad, which spreads the archs of one batch), `max_duplicate_tries` (5).
     """
 
     def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None,
                  n_startup_trials: int = 20, n_ei_candidates: int = 24, gamma: float | None = 0.25,
                  multivariate: bool = False, group: bool = False, constant_liar: bool = True,
-                 max_duplicate_tries: int = 20):
+                 max_duplicate_tries: int = 5):
         super().__init__(space, seed, objective)
         if n_startup_trials < 1:
             raise ConfigError(f"strategy.n_startup_trials: expected an int >= 1, got {n_startup_trials!r}")
@@ -106,7 +111,7 @@ class TPE(Strategy):
             self.study = optuna.create_study(direction="maximize", sampler=sampler)
         self._distributions = {c.name: optuna.distributions.CategoricalDistribution(list(range(len(c))))
                                for c in space.choices}
-        self._pending: dict[Arch, list[Any]] = {}   # arch -> the optuna trial waiting for its result
+        self._pending: dict[Arch, list[Any]] = {}   # arch -> optuna trials waiting for its result
         self._known: dict[Arch, float] = {}        # arch -> fitness told
 
     # -- optuna plumbing -------------------------------------------------------------------------
@@ -114,13 +119,6 @@ class TPE(Strategy):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.study.tell(trial, value)
-
-    def _fail_optuna(self, trial) -> None:
-        import optuna
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     def _ask_optuna(self):
         with warnings.catch_warnings():
@@ -135,8 +133,11 @@ class TPE(Strategy):
                 self._tell_optuna(trial, -math.inf)
                 continue
             arch = self.space.canonical(arch)
-            if arch in self._known or arch in self._pending:  # a repeat: not an observation, ask again
-                self._fail_optuna(trial)
+            if arch in self._known:  # a repeat: tell optuna what it is (no query spent) and ask again
+                self._tell_optuna(trial, self._known[arch])
+                continue
+            if arch in self._pending:  # a repeat of an arch being evaluated: the trial waits for its result
+                self._pending[arch].append(trial)
                 continue
             self.seen.add(arch)
             self._pending[arch] = [trial]

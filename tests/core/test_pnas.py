@@ -132,18 +132,8 @@ def test_pnas_keeps_going_after_the_last_block(space):
     assert best == max(synthetic(a)["accuracy"] for a in space.all_archs())
 
 
-def test_pnas_beats_random_on_a_synthetic_target(space):
-    values = sorted((synthetic(a)["accuracy"] for a in space.all_archs()), reverse=True)
-    target = values[math.ceil(0.01 * len(values)) - 1]
-    seeds, budget = range(5), 120
-    rnd = [drive(RandomSearch(space, seed=s), lambda a: Result(metrics=synthetic(a)), budget, target)[0]
-           for s in seeds]
-    pnas = [drive(PNAS(space, seed=s, beam_size=8, **FAST), lambda a: Result(metrics=synthetic(a)), budget,
-                  target)[0] for s in seeds]
-    assert statistics.median(pnas) < statistics.median(rnd) / 2, (pnas, rnd)
-
-
 def test_pnas_beats_random_on_the_tabular_benchmark(bench):
+    """Median queries to the table's top 1% over 5 seeds (10 seeds measured: random 86, PNAS K=16 32.5, K=8 44)."""
     space, seeds, budget = bench.space, range(5), 150
     threshold = bench.percentile_threshold(0.01)
     rnd = [drive(RandomSearch(space, seed=s), bench.evaluate, budget, threshold)[0] for s in seeds]

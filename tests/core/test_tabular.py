@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from scipy.stats import kendalltau
 
 from core.cost import count_macs, count_params
 from core.engine.registry import EVALUATORS, SPACES
@@ -74,7 +75,8 @@ def test_build_options_and_errors(space):
 def test_string_form_round_trips(space):
     text = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
     arch = from_str(text)
-    assert arch["cell.e01"] == "nor_conv_3x3" and arch["cell.e12"] == "skip_connect" and arch["cell.e23"] == "nor_conv_3x3"
+    assert arch["cell.e01"] == "nor_conv_3x3" and arch["cell.e12"] == "skip_connect"
+    assert arch["cell.e23"] == "nor_conv_3x3" and arch["cell.e13"] == "none"
     assert to_str(arch) == text
     assert all(from_str(to_str(a)) == a for a in space.all_archs()[::37])
     with pytest.raises(ValueError, match="op~j"):
@@ -133,6 +135,21 @@ def test_table_values_are_in_range(tab):
     assert np.all(seconds > 0) and np.all(np.diff(seconds, axis=1) > 0)
     assert np.all(table.params > 0) and np.all(table.macs > 0)
     assert table.meta["build"]["archs"] == 729 and table.meta["build"]["wall_seconds_this_run"] > 0
+    assert recipe["seeds"] == table.seeds == [0, 1]
+    assert table.by_seed["val_acc"].shape == (729, 2, table.epochs)
+    assert np.allclose(table.by_seed["val_acc"].mean(axis=1), table.curves["val_acc"], atol=1e-5)
+
+
+def test_one_seed_answers_from_its_own_run(space, tab):
+    seed0, seed1 = TabularEvaluator(space, seed=0), TabularEvaluator(space, seed=1)
+    arch = tab.best()
+    a, b = seed0.evaluate(arch).metrics, seed1.evaluate(arch).metrics
+    assert (a["val_accuracy"] + b["val_accuracy"]) / 2 == pytest.approx(tab.evaluate(arch).metrics["val_accuracy"],
+                                                                          abs=1e-5)
+    assert not np.array_equal(seed0.values(), seed1.values())
+    assert seed0.fingerprint() != tab.fingerprint() != seed1.fingerprint()
+    with pytest.raises(ValueError, match="seeds"):
+        TabularEvaluator(space, seed=7)
 
 
 def test_evaluator_answers_at_several_epochs_at_zero_cost(space, tab):
@@ -156,13 +173,23 @@ def test_evaluator_answers_at_several_epochs_at_zero_cost(space, tab):
 def test_table_is_informative(tab):
     values = tab.values()
     best, median = tab.best_value(), float(np.median(values))
-    assert best - median >= 0.01, (best, median)
-    assert best >= 0.9
+    assert best - median >= 0.05, (best, median)
+    assert best >= 0.85
     # the cells cut off from the input (no path 0 -> 3) learn nothing: chance level
     dead = tab.value("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
     assert dead < 0.2
     # the best arch is better on test too than the median arch is
     assert tab.value(tab.best(), "test") > float(np.median(tab.values("test")))
+    # validation and test rank the archs alike (the recipe was chosen for that, docs/drafts/tabular.md)
+    assert kendalltau(tab.values("val"), tab.values("test"))[0] > 0.7
+
+
+def test_isomorphic_cells_train_identically(tab):
+    # conv(x) + conv(conv(x)) spelled two ways: same computation, same parameter creation order, same seed
+    a = tab.evaluate("|none~0|+|nor_conv_3x3~0|none~1|+|nor_conv_3x3~0|skip_connect~1|nor_conv_3x3~2|")
+    b = tab.evaluate("|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|none~0|nor_conv_3x3~1|skip_connect~2|")
+    assert a.metrics["val_accuracy"] == b.metrics["val_accuracy"]
+    assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"] and a.metrics["params"] == b.metrics["params"]
 
 
 def test_benchmark_helpers(tab):

@@ -1,0 +1,299 @@
+"""Ranking quality of one-shot estimators on the tabular benchmark: Kendall tau against the table.
+
+On the `cell201` space and its shipped table (every one of the 729 cells
+trained from scratch on digits, `core.evaluation.tabular`), a common seeded
+random subset of `--archs` cells (100) is scored by three estimators, each
+given the same number of weight-update steps (batches of 64) on `digits().train`:
+
+(a) **SPOS**: a supernet trained by single-path uniform sampling for
+    `--epochs` epochs (S steps); every cell scored by
+    `SupernetEvaluator` (inherited weights, BN recalibrated on 4 batches,
+    accuracy on `digits().val`).
+(b) **DNA**: blockwise distillation (Li et al., CVPR 2020) from a teacher
+    trained beforehand on digits (`core.distill.SmallCNN`, widths (C, 2C),
+    strides (1, 2): two stages whose outputs have the shapes of the cell201
+    skeleton's two stages). Student block 0 = stem + the cells at C, block 1
+    = the residual reduction + the cells at 2C, of a fresh cell201 supernet
+    (with affine BN in the search cells: the space's supernet has NAS-Bench-201's
+    non-affine search-cell BN, whose conv paths always output unit variance and
+    so cannot match a teacher feature's scale, while DNA's MBConv students have
+    affine BN);
+    block i takes the teacher's stage i-1 output (block 0 the image) and is
+    trained with MSE to the teacher's stage i output (taken before the stage's
+    last ReLU: a cell201 cell outputs pre-activation sums, like DNA's
+    MBConv blocks and EfficientNet stages, which end in a linear projection), one uniformly sampled
+    path per step (S/2 steps per block, Adam lr 0.005, weight decay 1e-4,
+    lr x 0.9 per epoch: `core.strategies.dna`'s recipe). A cell's score is
+    the sum over blocks of DNA's `cl_loss` = mean|y_hat - y| / std(y) on
+    `digits().val` after BN recalibration of the block on one training batch
+    (lower is better; tau is computed on -score). The teacher's own
+    training (`--teacher-epochs`) is extra, as DNA assumes a trained teacher.
+(c) **DC-NAS** (`core.strategies.dcnas.dcnas_scores`): a SPOS supernet
+    trained for S - K * f steps, then the subset is clustered (K =
+    `--clusters` by k-means on per-layer feature changes), scored per cluster
+    by the supernet evaluator, and each cluster's winner fine-tuned for f =
+    `--final-steps` steps; the global score shifts every cluster by its
+    winner's fine-tuned accuracy (see the module).
+
+Kendall's tau-b (`scipy.stats.kendalltau`) between each estimator and the
+table's final validation accuracy (the table's `accuracy`; its test accuracy
+is shown too), over all subset cells and, as an extra row, over the cells the
+table puts above 20 % (dropping the disconnected cells every estimator
+recognises). Several `--seeds` repeat everything (new subset, new supernets,
+new teacher) and the table reports each seed and the mean.
+
+    python benchmarks/ranking.py [--archs 100] [--epochs 30] [--seeds 0 1 2] [--clusters 5] [--final-steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from core.distill import SmallCNN, StagedTeacher  # noqa: E402
+from core.evaluation.supernet import SupernetEvaluator, recalibrate_bn  # noqa: E402
+from core.evaluation.tabular import TabularEvaluator  # noqa: E402
+from core.space import activate  # noqa: E402
+from core.spaces.cell201 import Cell201Space, CellNetwork, SearchCell  # noqa: E402
+from core.strategies.dcnas import dcnas_scores  # noqa: E402
+from core.strategies.spos import train_supernet  # noqa: E402
+from tasks.classification.data import digits  # noqa: E402
+
+BATCH = 64
+SPOS_LR = 0.1  # the documented cell201 SPOS example (docs/drafts/weight_sharing_supernets.md)
+
+
+def tau(score, truth) -> float:
+    return float(kendalltau(score, truth).statistic)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) DNA on cell201
+# ---------------------------------------------------------------------------------------------
+def train_teacher(data, C: int, epochs: int, seed: int) -> tuple[nn.Module, float]:
+    """SmallCNN with stages shaped like the cell201 skeleton's (C x 8 x 8, 2C x 4 x 4), trained with cross-entropy."""
+    torch.manual_seed(seed)
+    teacher = SmallCNN(widths=(C, 2 * C), strides=(1, 2), in_channels=1, num_classes=data.num_classes,
+                       stem_channels=C)
+    opt = torch.optim.SGD(teacher.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    loader = DataLoader(data.train, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
+    for _ in range(epochs):
+        teacher.train()
+        for x, y in loader:
+            loss = F.cross_entropy(teacher(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    teacher.eval()
+    for m in teacher.modules():  # taps hold references: an in-place ReLU after a tapped BN would overwrite it
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    with torch.no_grad():
+        x, y = next(iter(DataLoader(data.val, batch_size=len(data.val))))
+        acc = float((teacher(x).argmax(1) == y).float().mean())
+    return teacher, acc
+
+
+def teacher_taps(teacher: SmallCNN) -> list[str]:
+    """The last BatchNorm of every teacher stage: its pre-activation output, the point of the data flow where a
+    cell201 cell's output (a sum of conv-BN / identity paths, activated by the next op's ReLU) sits."""
+    paths = []
+    for i, stage in enumerate(teacher.stages):
+        last_bn = max(k for k, m in enumerate(stage) if isinstance(m, nn.BatchNorm2d))
+        paths.append(f"stages.{i}.{last_bn}")
+    return paths
+
+
+def student_blocks(supernet: nn.Module, N: int) -> list[nn.Module]:
+    """Block 0: stem + the N cells at C; block 1: the reduction block + the N cells at 2C."""
+    cells = list(supernet.cells)
+    return [nn.Sequential(supernet.stem, *cells[:N]), nn.Sequential(*cells[N:])]
+
+
+def dna_scores(space: Cell201Space, data, archs, steps_per_block: int, teacher_epochs: int, seed: int):
+    teacher, teacher_acc = train_teacher(data, space.C, teacher_epochs, seed)
+    staged = StagedTeacher(teacher, teacher_taps(teacher))
+    torch.manual_seed(seed)
+    supernet = CellNetwork(lambda width: SearchCell(space.ops, width, affine=True), C=space.C, N=space.N,
+                           num_classes=space.num_classes, in_channels=space.in_channels)
+    blocks = student_blocks(supernet, space.N)
+    loader = DataLoader(data.train, batch_size=BATCH, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    steps_per_epoch = len(loader)
+    histories = []
+    started = time.perf_counter()
+    for i, block in enumerate(blocks):  # step 1: block training, guide input = teacher's previous stage
+        rng = random.Random(f"{seed}-dna-block{i}")
+        params = [p for p in block.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=0.005, weight_decay=1e-4)
+        losses, step = [], 0
+        while step < steps_per_block:
+            block.train()
+            for x, _ in loader:
+                if step >= steps_per_block:
+                    break
+                feats = staged(x, upto=i)
+                guide, target = (x if i == 0 else feats[i - 1]), feats[i]
+                activate(block, space.sample(rng))
+                loss = F.mse_loss(block(guide), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                step += 1
+                if step % steps_per_epoch == 0:
+                    for g in opt.param_groups:
+                        g["lr"] *= 0.9
+        histories.append((losses[0], float(np.mean(losses[-steps_per_epoch:]))))
+    train_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    recal_x = next(iter(DataLoader(data.train, batch_size=BATCH, shuffle=True,
+                                   generator=torch.Generator().manual_seed(seed + 1))))[0]
+    recal_feats = staged(recal_x)
+    val = [(x, staged(x)) for x, _ in DataLoader(data.val, batch_size=BATCH, shuffle=False)]
+    scores = np.zeros(len(archs))
+    with torch.no_grad():
+        for a, arch in enumerate(archs):  # step 2: cl_loss per block after BN recalibration (dna.py's formula)
+            for i, block in enumerate(blocks):
+                activate(block, arch)
+                recalibrate_bn(block, [(recal_x if i == 0 else recal_feats[i - 1],)])
+                total, seen = 0.0, 0
+                for x, feats in val:
+                    guide, target = (x if i == 0 else feats[i - 1]), feats[i]
+                    out = block(guide)
+                    total += float((out - target).abs().mean() / (target.std() + 1e-9)) * len(x)
+                    seen += len(x)
+                scores[a] += total / seen
+    return -scores, {"teacher_val_acc": teacher_acc, "block_mse_first_last": histories,
+                     "train_s": train_seconds, "score_s": time.perf_counter() - started}
+
+
+# ---------------------------------------------------------------------------------------------
+# one seed
+# ---------------------------------------------------------------------------------------------
+def run_seed(seed: int, args, data, table: TabularEvaluator) -> dict:
+    space = table.space
+    archs = random.Random(seed).sample(table.all_archs(), args.archs)
+    truth_val = np.array([table.value(a, "val") for a in archs])
+    truth_test = np.array([table.value(a, "test") for a in archs])
+    connected = truth_val > 0.2
+    steps_per_epoch = math.ceil(len(data.train) / BATCH)
+    budget = args.epochs * steps_per_epoch
+    rows = {}
+
+    # (a) SPOS
+    t0 = time.perf_counter()
+    spos = train_supernet(space, data, epochs=args.epochs, lr=SPOS_LR, seed=seed)
+    t1 = time.perf_counter()
+    evaluator = SupernetEvaluator(space, data, supernet=spos, bn_batches=4, seed=seed)
+    spos_scores = np.array([evaluator.score(a)["accuracy"] for a in archs])
+    rows["SPOS"] = (spos_scores, {"steps": budget, "train_s": t1 - t0, "score_s": time.perf_counter() - t1})
+
+    # (b) DNA
+    dna, info = dna_scores(space, data, archs, budget // 2, args.teacher_epochs, seed)
+    rows["DNA blockwise"] = (dna, {"steps": 2 * (budget // 2), **info})
+
+    # (c) DC-NAS: fewer supernet epochs so that supernet steps + K * final_steps <= the budget
+    extra = args.clusters * args.final_steps
+    dc_epochs = args.epochs - math.ceil(extra / steps_per_epoch)
+    t0 = time.perf_counter()
+    dc_supernet = train_supernet(space, data, epochs=dc_epochs, lr=SPOS_LR, seed=seed)
+    t1 = time.perf_counter()
+    outcome = dcnas_scores(space, dc_supernet, data, archs, clusters=args.clusters, seed=seed,
+                           final_steps=args.final_steps, bn_batches=4)
+    rows["DC-NAS"] = (outcome.scores, {"steps": dc_epochs * steps_per_epoch + extra, "train_s": t1 - t0,
+                                       "score_s": time.perf_counter() - t1,
+                                       "cluster_sizes": sorted(len(v) for v in outcome.clusters().values())})
+
+    out = {}
+    for name, (score, info) in rows.items():
+        best = int(np.argmax(score))
+        out[name] = {"tau_val": tau(score, truth_val), "tau_test": tau(score, truth_test),
+                     "tau_connected": tau(score[connected], truth_val[connected]),
+                     "top1_table_rank": table.rank(archs[best]), "top1_val": float(truth_val[best]), **info}
+    out["_subset"] = {"n": len(archs), "connected": int(connected.sum()), "best_val_in_subset": float(truth_val.max()),
+                      "ceiling": tau(truth_test, truth_val),
+                      "ceiling_connected": tau(truth_test[connected], truth_val[connected])}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=30, help="SPOS epochs; sets the step budget S of every estimator")
+    parser.add_argument("--teacher-epochs", type=int, default=30)
+    parser.add_argument("--clusters", type=int, default=5)
+    parser.add_argument("--final-steps", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    data = digits()
+    table = TabularEvaluator(Cell201Space())
+    recipe = table.table.meta.get("recipe", {})
+    print(f"cell201 tabular benchmark {table.table.digest} ({len(table.table.archs)} cells, val accuracy after "
+          f"{table.epochs} epochs on {recipe.get('train_fraction', '?')} of train); {args.archs} cells per seed; "
+          f"budget S = {args.epochs} epochs x {math.ceil(len(data.train) / BATCH)} steps of batch {BATCH}; "
+          f"seeds {args.seeds}")
+    started = time.perf_counter()
+    results = []
+    for seed in args.seeds:
+        r = run_seed(seed, args, data, table)
+        results.append(r)
+        s = r["_subset"]
+        print(f"\nseed {seed}: {s['n']} cells ({s['connected']} above 20 % in the table), best in subset "
+              f"{s['best_val_in_subset']:.4f}; the table's own test accuracy vs its val accuracy: tau "
+              f"{s['ceiling']:.3f} ({s['ceiling_connected']:.3f} above 20 %), a noise ceiling")
+        print(f"  {'estimator':<14} {'tau(val)':>9} {'tau(test)':>10} {'tau(>20%)':>10} {'top-1 rank':>11} "
+              f"{'steps':>6} {'train s':>8} {'score s':>8}  notes")
+        for name, row in r.items():
+            if name.startswith("_"):
+                continue
+            notes = {k: v for k, v in row.items() if k in ("teacher_val_acc", "cluster_sizes", "block_mse_first_last")}
+            notes = ", ".join(f"{k}={v if not isinstance(v, float) else round(v, 4)}" for k, v in notes.items())
+            print(f"  {name:<14} {row['tau_val']:>9.3f} {row['tau_test']:>10.3f} {row['tau_connected']:>10.3f} "
+                  f"{row['top1_table_rank']:>11d} {row['steps']:>6d} {row['train_s']:>8.1f} {row['score_s']:>8.1f}"
+                  f"  {notes}")
+    names = [n for n in results[0] if not n.startswith("_")]
+    print(f"\nmean over {len(results)} seed(s) (std across seeds):")
+    print(f"  {'estimator':<14} {'tau(val)':>15} {'tau(test)':>15} {'tau(>20%)':>15} {'top-1 rank':>11}")
+    for name in names:
+        def ms(key):
+            vals = [r[name][key] for r in results]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            return f"{statistics.mean(vals):.3f} +- {sd:.3f}"
+        ranks = statistics.mean(r[name]["top1_table_rank"] for r in results)
+        print(f"  {name:<14} {ms('tau_val'):>15} {ms('tau_test'):>15} {ms('tau_connected'):>15} {ranks:>11.1f}")
+    ceiling = statistics.mean(r["_subset"]["ceiling"] for r in results)
+    ceiling_c = statistics.mean(r["_subset"]["ceiling_connected"] for r in results)
+    print(f"  {'(table test)':<14} {ceiling:>15.3f} {'':>15} {ceiling_c:>15.3f}   <- the table's test accuracy as an "
+          "estimator of its val accuracy")
+    best = max(names, key=lambda n: statistics.mean(r[n]["tau_val"] for r in results))
+    best_tau = statistics.mean(r[best]["tau_val"] for r in results)
+    dna_tau = statistics.mean(r["DNA blockwise"]["tau_val"] for r in results)
+    spos_tau = statistics.mean(r["SPOS"]["tau_val"] for r in results)
+    print(f"\ntargets: best estimator {best} tau {best_tau:.3f} (>= 0.5: {'met' if best_tau >= 0.5 else 'NOT met'}); "
+          f"DNA {dna_tau:.3f} vs SPOS {spos_tau:.3f} ({'DNA above' if dna_tau > spos_tau else 'DNA NOT above'})")
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
