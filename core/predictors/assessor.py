@@ -95,11 +95,14 @@ class GraphAutoEncoder(nn.Module):
         n, f = self.n_nodes, self.n_features
         return out[:, :n * n].view(-1, n, n), out[:, n * n:].view(-1, n, f)
 
-    def reconstruction_loss(self, z: torch.Tensor, A: torch.Tensor, X: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    def reconstruction_loss(self, z: torch.Tensor, A: torch.Tensor, X: torch.Tensor, M: torch.Tensor,
+                            weight: torch.Tensor | None = None) -> torch.Tensor:
+        """BCE on the adjacency and op indicators of the real nodes; `weight`: one per graph (multiplicities)."""
         a_logits, x_logits = self.decode(z)
-        pair_mask = M.unsqueeze(2) * M.unsqueeze(1)
+        w = torch.ones(len(z)) if weight is None else weight
+        pair_mask = M.unsqueeze(2) * M.unsqueeze(1) * w.view(-1, 1, 1)
         loss_a = (F.binary_cross_entropy_with_logits(a_logits, A, reduction="none") * pair_mask).sum() / pair_mask.sum()
-        node_mask = M.unsqueeze(-1).expand_as(X)
+        node_mask = (M * w.view(-1, 1)).unsqueeze(-1).expand_as(X)
         loss_x = (F.binary_cross_entropy_with_logits(x_logits, X, reduction="none") * node_mask).sum() / node_mask.sum()
         return loss_a + loss_x
 
@@ -231,9 +234,9 @@ class SemiSupervisedAssessor(Predictor):
     """
 
     def __init__(self, space: SearchSpace, latent: int = 16, hidden: int = 32, gcn_hidden: int = 64, k: int = 10,
-                 threshold: float = 0.0, self_weight: float = 1.0, finetune: bool = True, prune: bool = True,
+                 threshold: float = 0.0, self_weight: float = 3.0, finetune: bool = True, prune: bool = True,
                  graph_options: dict | None = None,
-                 ae_epochs: int = 10, epochs: int = 60, graph_every: int = 20, recon_weight: float = 1.0,
+                 ae_epochs: int = 20, epochs: int = 200, graph_every: int = 20, recon_weight: float = 1.0,
                  lr: float = 3e-3, weight_decay: float = 1e-4, dropout: float = 0.1, batch_size: int = 128,
                  max_unlabelled: int = 2000, targets: str = "standard", ensemble: int = 1, seed: int = 0):
         for name, value in (("latent", latent), ("hidden", hidden), ("gcn_hidden", gcn_hidden), ("k", k), ("epochs", epochs),
@@ -281,24 +284,26 @@ class SemiSupervisedAssessor(Predictor):
         n_lab = len(lab_archs)
         featurizer = GraphFeaturizer(self.space, self.graph_options, self.prune).fit(nodes)
         A, X, M = featurizer.transform(nodes)
-        # archs with the same (pruned) graph share one encoding: encode each distinct graph once
+        # archs with the same (pruned) graph share one encoding: the joint stage encodes each distinct graph once
+        # and weighs its reconstruction by its multiplicity (the same loss as over every node, for less work)
         flat = torch.cat([A.flatten(1), X.flatten(1), M], 1).numpy()
         _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
         first, inverse = torch.as_tensor(first), torch.as_tensor(inverse.reshape(-1))
-        A, X, M = A[first], X[first], M[first]
+        counts = torch.bincount(inverse, minlength=len(first)).float()
         with torch_seed(seed):
             ae = GraphAutoEncoder(featurizer.n_nodes, featurizer.n_features, self.hidden, self.latent)
             gcn = GCN(self.latent, self.gcn_hidden, self.dropout)
             g = torch.Generator().manual_seed(seed)
-            # stage 1: unsupervised representation learning on every distinct graph, labelled or not
+            # stage 1: unsupervised representation learning on every node, labelled or not
             opt = torch.optim.Adam(ae.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             ae.train()
             for _ in range(self.ae_epochs):
-                for idx in minibatches(len(A), self.batch_size, g):
+                for idx in minibatches(len(nodes), self.batch_size, g):
                     loss = ae.reconstruction_loss(ae.encode(A[idx], X[idx], M[idx]), A[idx], X[idx], M[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+            A, X, M = A[first], X[first], M[first]
             # stage 2: GCN on the similarity graph; the encoder fine-tuned with the reconstruction kept as a
             # regulariser (finetune), or frozen (the graph is then built once)
             params = list(gcn.parameters()) + (list(ae.parameters()) if self.finetune else [])
@@ -318,7 +323,7 @@ class SemiSupervisedAssessor(Predictor):
                 pred, _ = gcn(graph.P, z)
                 loss = F.mse_loss(pred[:n_lab], t)
                 if self.finetune and self.recon_weight:
-                    loss = loss + self.recon_weight * ae.reconstruction_loss(zu, A, X, M)
+                    loss = loss + self.recon_weight * ae.reconstruction_loss(zu, A, X, M, counts)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -199,7 +199,8 @@ def cluster(features: np.ndarray, clusters: int, seed: int = 0) -> np.ndarray:
 # step 4: thorough evaluation of the winners
 # ---------------------------------------------------------------------------------------------
 def path_network(space: SearchSpace, supernet: nn.Module, arch: Arch) -> nn.Module:
-    """A trainable copy of `arch`'s path: `space.inherit` where the space has it, else a copy of the activated supernet."""
+    """A trainable copy of `arch`'s path: `space.inherit` where the space has it, else a copy of the
+    activated supernet."""
     if callable(getattr(space, "inherit", None)):
         return space.inherit(supernet, arch)
     net = copy.deepcopy(supernet)

@@ -52,6 +52,14 @@ as `stage{i}.layer{j}.op`, `stage{i}.depth`, `stage{i}.width`):
    rejects over-budget archs by the additive cost model, and the objective
    re-checks the evaluator's measured MACs/params).
 
+Deviations and choices of ours: HourNAS's spaces have fixed widths; ours
+may offer width choices, which we treat as non-vital resource choices
+(decided by the proposal and the final evolution; the vital search runs at
+the widest widths, the only ones the supernet trains). The vital search
+scores candidates exhaustively or by a seeded sample rather than by the
+paper's (unknown) schedule, and the search in the shrunk space is
+regularized evolution, not a method read from the paper.
+
 The budget is `constraint` ("macs <= 2e6" or "params <= 5e4") or the
 objective's macs/params constraint; without one, every option is affordable
 and the proposal is uniform. MACs are counted on `data.input_shape` as the
@@ -254,7 +262,8 @@ class StageCostModel:
             total = total + torch.einsum("a,b,k,abk->", prev, pw, p0, self.first[i])
             pd = p(f"stage{i}.depth", len(self.depths[i]))
             for j, t in enumerate(self.later[i], start=1):
-                active = sum((pd[k] for k, d in enumerate(self.depths[i]) if d > j), torch.zeros((), dtype=torch.float64))
+                active = sum((pd[k] for k, d in enumerate(self.depths[i]) if d > j),
+                             torch.zeros((), dtype=torch.float64))
                 pj = p(f"stage{i}.layer{j}.op", t.shape[1])
                 total = total + active * torch.einsum("b,k,bk->", pw, pj, t)
             prev = pw
@@ -561,10 +570,13 @@ class HourNASSearch:
         return self.constraint.bound if self.constraint else math.inf
 
     def _ckpt(self, tag: str) -> str | None:
-        """Phase 2 checkpoints to `checkpoint` itself (what `--resume` looks for), phase 4 to `<checkpoint>.proposal`."""
+        """Phase 2 checkpoints to `checkpoint` itself (what `--resume` looks for), phase 4 to
+        `<checkpoint>.proposal`."""
         if not self.checkpoint:
             return None
-        return str(self.checkpoint) if tag == "vital" else str(self.checkpoint.with_name(f"{self.checkpoint.name}.{tag}"))
+        if tag == "vital":
+            return str(self.checkpoint)
+        return str(self.checkpoint.with_name(f"{self.checkpoint.name}.{tag}"))
 
     def _train(self, space: SearchSpace, data: DataSplits, supernet: nn.Module, epochs: int, tag: str) -> nn.Module:
         if epochs == 0:

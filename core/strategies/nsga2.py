@@ -125,7 +125,8 @@ class NSGA2(Strategy):
             if not 0 <= value <= 1:
                 raise ConfigError(f"strategy.{key}: expected a probability in [0, 1], got {value!r}")
         if not 1 <= tournament_size <= population_size:
-            raise ConfigError(f"strategy.tournament_size: expected an int in [1, population_size], got {tournament_size!r}")
+            raise ConfigError(f"strategy.tournament_size: expected an int in [1, population_size], "
+                              f"got {tournament_size!r}")
         if early_exit_params is not None and early_exit_params <= 0:
             raise ConfigError(f"strategy.early_exit_params: expected a positive parameter count or null, "
                               f"got {early_exit_params!r}")

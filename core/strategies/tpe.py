@@ -34,11 +34,12 @@ Decisions and deviations:
   the first copy is still being evaluated, the trial waits for that result;
   then a new arch is asked, up to `max_duplicate_tries` times, and after that
   a fresh random arch is taken and told to optuna as an ordinary trial
-  (`enqueue_trial`). Measured on the tabular benchmark (15 seeds, budget
-  100): closing repeats as FAIL instead (TPE ignores FAIL trials) left TPE
-  about as slow to reach the top 1% as random search (median 79 vs 94
-  queries) and 4x slower to run; telling the known value gave 42; more
-  retries (20) gave the same 42 at 4x the run time.
+  (`enqueue_trial`). Measured on an earlier build of the tabular benchmark
+  (cell201, train fraction 0.5; 15 seeds, budget 100, queries to reach the
+  top 1%): closing repeats as FAIL instead (TPE ignores FAIL trials) left
+  TPE close to random search (median 79 vs 94 queries) and ran 4x slower;
+  telling the known value gave 42; 20 retries instead of 5 gave the same 42
+  at 4x the run time.
 - Inactive choices (`space.canonical`) keep the values TPE sampled in the
   optuna trial; the arch proposed is the canonical one.
 """
