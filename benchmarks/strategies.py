@@ -37,7 +37,7 @@ ENTRIES: dict[str, tuple[str, dict, dict]] = {
     "random": ("random", {}, {}),
     "evolution": ("evolution", {"population_size": 20, "sample_size": 5}, {}),
     "tpe": ("tpe", {}, {}),
-    "nsga2+ee-pi": ("nsga2", {}, {"pareto": ["accuracy:max", "params:min"]}),
+    "nsga2": ("nsga2", {}, {"pareto": ["accuracy:max", "params:min"]}),
     # BlockQNN's paper schedule (178 episodes, alpha 0.01) is sized for thousands of blocks;
     # for a 200-query budget the schedule is shortened (docs/strategies.md)
     "blockqnn": ("blockqnn", {"schedule_episodes": 70, "learning_rate": 0.2, "replay_batch": 50}, {}),

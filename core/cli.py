@@ -146,6 +146,11 @@ def cmd_search(cfg, progress: bool, resume: str | None) -> int:
         return _one_shot_search(cfg, task, data, space, strategy, run_dir, progress)
     evaluator = task.evaluator(space, data)  # after the one-shot branch: a supernet evaluator trains on creation
     journal = Journal(run_dir / "journal.sqlite", durability=cfg["search"]["journal_durability"])
+    if getattr(strategy, "multi_fidelity", False) and callable(getattr(strategy, "run", None)):
+        try:
+            return _multi_fidelity_search(cfg, task, data, space, strategy, evaluator, journal, run_dir, progress)
+        finally:
+            journal.close()
     try:
         summary = Search(space, strategy, evaluator, objective, journal, budget=cfg["search"]["budget"],
                          executor=make_executor(cfg["search"]["executor"]), batch_size=cfg["search"]["batch_size"],
@@ -188,6 +193,37 @@ def _one_shot_search(cfg, task, data, space, strategy, run_dir: Path, progress: 
     _log(f"outputs: {run_dir}/best_arch.json, search.json, searcher.pt")
     if cfg["retrain"]["enabled"]:
         _retrain(cfg, task, data, space, arch, run_dir, progress)
+    return 0
+
+
+def _multi_fidelity_search(cfg, task, data, space, strategy, evaluator, journal, run_dir: Path, progress) -> int:
+    """EcoNAS's hierarchical proxy: `strategy.run(evaluator, budget_epochs=search.budget)`.
+
+    `search.budget` counts training epochs here. Every segment evaluation is journaled (with its
+    cumulative `epoch`) for the record; unlike ask/tell searches, a killed run restarts from scratch.
+    """
+    from core.engine.runs import atomic_write_text, write_json
+
+    fingerprint = evaluator.fingerprint()
+
+    def record(arch, epochs, result):
+        result.metrics.setdefault("epoch", float(epochs))
+        journal.record(arch, result, fingerprint)
+
+    summary = strategy.run(evaluator, budget_epochs=cfg["search"]["budget"], on_result=record)
+    if summary.best_arch is None:
+        _log("no feasible architecture was found; see journal.sqlite for each evaluation")
+        return 1
+    atomic_write_text(run_dir / "best_arch.json", summary.best_arch.to_json(indent=2) + "\n")
+    write_json(run_dir / "search.json", {
+        "best_arch_key": summary.best_arch.key, "best_metrics": summary.best_result.metrics,
+        "epochs_used": summary.epochs_used, "segment_evaluations": summary.segment_evaluations,
+        "iterations": summary.iterations, "seconds": summary.seconds})
+    _log(f"\n{summary.segment_evaluations} segment evaluations, {summary.epochs_used} epochs, "
+         f"{summary.iterations} iterations in {summary.seconds:.1f} s; best {summary.best_arch.key}")
+    _log(f"outputs: {run_dir}/best_arch.json, search.json, journal.sqlite")
+    if cfg["retrain"]["enabled"]:
+        _retrain(cfg, task, data, space, summary.best_arch, run_dir, progress)
     return 0
 
 

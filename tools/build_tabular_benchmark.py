@@ -287,6 +287,8 @@ def main(argv=None) -> int:
     print(f"cell201 x digits: {len(archs)} archs x seeds {args.seeds}: {total - len(todo)} runs done in "
           f"{args.work_dir}, {len(todo)} to train with {args.workers} workers")
     print(f"recipe: {json.dumps({k: v for k, v in recipes[args.seeds[0]].items() if k != 'space_config'})}")
+    clock = args.work_dir / "cell201_digits.wall_seconds.json"  # build wall time summed over sessions
+    spent = json.loads(clock.read_text()) if clock.exists() else {}
     start = time.time()
     files = {}
     try:
@@ -310,7 +312,10 @@ def main(argv=None) -> int:
     finally:
         for f in files.values():
             f.close()
-    wall = time.time() - start
+        wall = time.time() - start
+        if todo:
+            spent[str(len(spent))] = round(wall, 1)
+            clock.write_text(json.dumps(spent))
     print(f"trained {len(todo)} runs in {wall:.0f} s wall")
     if args.limit is not None:
         print("--limit given: no table written")
@@ -318,7 +323,8 @@ def main(argv=None) -> int:
     rows = merge_seeds(done, archs)
     recipe = {k: v for k, v in recipes[args.seeds[0]].items() if k != "seed"}
     recipe["seeds"] = args.seeds
-    build = {"archs": len(rows), "seeds": args.seeds, "wall_seconds_this_run": round(wall, 1),
+    build = {"archs": len(rows), "seeds": args.seeds, "wall_seconds": round(sum(spent.values()), 1),
+             "wall_seconds_by_session": list(spent.values()),
              "train_seconds_total": round(sum(r["train_seconds"][-1] for r in rows) * len(args.seeds), 1),
              "workers": args.workers, "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}

@@ -3,7 +3,8 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# replace tools/ on the path by the repo root: tools/profile.py must not hide the standard `profile` module
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from core.cli import main  # noqa: E402
 

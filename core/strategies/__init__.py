@@ -7,8 +7,11 @@ from core.strategies.dcnas import DCNASSearch
 from core.strategies.dna import DNASearch
 from core.strategies.esnac import ESNAC
 from core.strategies.evolution import RegularizedEvolution
+from core.strategies.hierarchical import EcoNAS
 from core.strategies.hournas import HourNASSearch
 from core.strategies.netadapt import NetAdaptV2Searcher
+from core.strategies.nsga2 import NSGA2
 from core.strategies.random_search import RandomSearch
+from core.strategies.tpe import TPE
 
-__all__ = ["Strategy", "BlockQNN", "ESNAC", "RandomSearch", "RegularizedEvolution", "DartsSearcher", "DCNASSearch", "HourNASSearch", "DNASearch", "NetAdaptV2Searcher"]
+__all__ = ["Strategy", "TPE", "NSGA2", "EcoNAS", "BlockQNN", "ESNAC", "RandomSearch", "RegularizedEvolution", "DartsSearcher", "DCNASSearch", "HourNASSearch", "DNASearch", "NetAdaptV2Searcher"]

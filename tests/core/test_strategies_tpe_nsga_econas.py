@@ -302,7 +302,7 @@ def test_econas_on_the_tabular_benchmark(space, bench):
         strategy = EcoNAS(space, seed=s, segments=2, continue_top=[8], children=[8, 8])
         summary = strategy.run(bench, budget_epochs=budget)
         assert summary.epochs_used <= budget and summary.best_result.metrics["epoch"] == bench.epochs
-        assert strategy.segment_ends(bench) == [5, 10] if bench.epochs == 10 else True
+        assert strategy.segment_ends(bench)[-1] == bench.epochs
         found.append(summary.best_arch)
     assert sum(bench.in_top(a, 0.05) for a in found) >= 5
 

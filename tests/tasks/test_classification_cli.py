@@ -93,3 +93,22 @@ def test_export_matches_pytorch(tmp_path):
     model = space.build(space.default(), num_classes=10).eval()
     rows = export_model(model, torch.randn(2, 1, 8, 8), tmp_path, ["onnx", "torchscript"])
     assert all(r["max_abs_diff"] < 1e-4 for r in rows), rows
+
+
+def test_multi_fidelity_and_one_shot_searches_through_the_cli(tmp_path):
+    econas = str(ROOT / "configs/classification/econas_tabular.yaml")
+    assert main(["search", econas, f"run.dir={tmp_path}", "search.budget=120", "--no-progress"]) == 0
+    summary = json.loads((_only(tmp_path / "econas_tabular", "*-search") / "search.json").read_text())
+    assert summary["epochs_used"] <= 120 and summary["segment_evaluations"] > 10
+
+    darts = str(ROOT / "configs/classification/darts_digits.yaml")
+    tiny = ["strategy.epochs=1", "strategy.supernet={C: 4, layers: 3}", "space.C=4", "space.layers=3",
+            "retrain.enabled=false", f"run.dir={tmp_path}"]
+    assert main(["search", darts, *tiny, "--no-progress"]) == 0
+    run_dir = _only(tmp_path / "darts_digits", "*-search")
+    from core.space import Arch
+    from core.spaces.darts import DartsSpace
+
+    arch = Arch.from_json((run_dir / "best_arch.json").read_text())
+    assert DartsSpace(C=4, layers=3, num_classes=10, in_channels=1).is_valid(arch)
+    assert (run_dir / "searcher.pt").is_file() and "history" in json.loads((run_dir / "search.json").read_text())
