@@ -217,42 +217,64 @@ def test_mlp_guided_search_beats_random_on_a_synthetic_target(space):
     assert statistics.median(mlp) < statistics.median(rnd) / 2, (mlp, rnd)
 
 
-def test_assessor_guided_search_beats_random_on_the_tabular_benchmark(bench):
-    """Median queries to reach the table's top 1% over 5 seeds. (Measured with 10 seeds: random 86, assessor 40.5,
-    MLP-guided 65.5; the MLP's edge over random is within seed noise on this table, so it is not asserted here.)"""
-    space, seeds, budget = bench.space, range(5), 150
-    threshold = bench.percentile_threshold(0.01)
-    rnd = _queries_to_top(bench.evaluate, threshold, lambda s: RandomSearch(space, seed=s), seeds, budget)
-    assessor = _queries_to_top(bench.evaluate, threshold, lambda s: PredictorGuided(
-        space, seed=s, model="assessor"), seeds, budget)
-    print(f"queries to the top 1% (median of {len(seeds)}): random {statistics.median(rnd)} {rnd}, "
-          f"assessor {statistics.median(assessor)} {assessor}")
-    assert statistics.median(assessor) < statistics.median(rnd)
+def test_assessor_guided_search_beats_random_on_a_synthetic_target(space):
+    f = synthetic(space)
+    values = sorted((f(a) for a in space.all_archs()), reverse=True)
+    threshold = values[math.ceil(0.01 * len(values)) - 1]
+
+    def evaluate(arch):
+        return Result(metrics={"accuracy": f(arch)})
+
+    seeds, budget = range(5), 150
+    rnd = _queries_to_top(evaluate, threshold, lambda s: RandomSearch(space, seed=s), seeds, budget)
+    assessor = _queries_to_top(evaluate, threshold, lambda s: PredictorGuided(
+        space, seed=s, model="assessor", predictor={"epochs": 100}), seeds, budget)
+    assert statistics.median(assessor) < statistics.median(rnd) / 2, (assessor, rnd)
+
+
+def test_predictor_guided_search_end_to_end_on_the_tabular_benchmark(bench, tmp_path):
+    """Search + journal + tabular evaluator, both models. The archs the model picks after the warm-up must be far
+    better than the table's average (what random search draws). Queries to the top 1%, 10 seeds, measured on the
+    shipped table: random 14.5, MLP-guided 26.5, assessor-guided 24.5 (its top 1% is a block of 23 tied archs that
+    random search hits early; see docs/drafts/strategies_pnas_assessor.md)."""
+    from core.journal import Journal
+    from core.objective import Objective
+    from core.search import Search
+
+    space, mean = bench.space, float(np.mean(bench.values()))
+    for model in ("mlp", "assessor"):
+        strategy = PredictorGuided(space, seed=0, model=model, warmup=10, round_size=10)
+        with Journal(tmp_path / f"{model}.sqlite") as journal:
+            summary = Search(space, strategy, bench, Objective(), journal, budget=40, progress=False).run()
+        picked = [r.metrics["accuracy"] for _, r in summary.trials[10:]]
+        assert len({a for a, _ in summary.trials}) == 40 and strategy.rounds == 3
+        assert np.mean(picked) > mean + 0.05, (model, np.mean(picked), mean)
+        assert bench.rank(summary.best_arch) <= 0.05 * len(bench.values())
 
 
 def test_assessor_kendall_tau_with_100_labelled_archs(bench):
-    """Kendall tau on the 629 unlabelled archs of the table, 100 labelled, median of 3 seeds, next to the MLP's.
+    """Kendall tau on the 629 unlabelled archs of the table (100 labelled, median of 3 samples), next to the MLP.
 
-    Issue 3's target is tau >= 0.6. This table cannot support it: its validation accuracies take 15 distinct
-    values (359 validation images) and agree with its own test accuracies at tau 0.51 only; an MLP fitted on 600
-    labelled archs reaches 0.38 on the other 129. Measured here: assessor ~0.23, MLP ~0.26. The assertion is
-    the honest floor (well above chance), not the issue's target.
+    Issue 3's target is tau >= 0.6 with 100 labelled archs. Measured on the shipped table (two training seeds
+    averaged): assessor 0.565 held-out / 0.578 over all 729 archs, MLP 0.46 / 0.51; on the earlier one-seed
+    table the assessor reached 0.608 / 0.626. The assertion is what holds on every table seen: well above
+    chance, and clearly above the supervised MLP baseline.
     """
     space = bench.space
     archs = bench.all_archs()
     y = bench.values()
-    taus, mlp_taus = [], []
+    taus, taus_all, mlp_taus = [], [], []
     for seed in range(3):
         idx = random.Random(seed).sample(range(len(archs)), 100)
         rest = np.array(sorted(set(range(len(archs))) - set(idx)))
         train = [archs[i] for i in idx]
-        assessor = SemiSupervisedAssessor(space, seed=seed).fit(train, y[idx], unlabelled=archs)
-        taus.append(kendall_tau(assessor.predict([archs[i] for i in rest]), y[rest]))
+        pred = SemiSupervisedAssessor(space, seed=seed).fit(train, y[idx], unlabelled=archs).predict(archs)
+        taus.append(kendall_tau(pred[rest], y[rest]))
+        taus_all.append(kendall_tau(pred, y))
         mlp = MLPPredictor(space, seed=seed).fit(train, y[idx])
         mlp_taus.append(kendall_tau(mlp.predict([archs[i] for i in rest]), y[rest]))
-    print(f"Kendall tau on {len(archs) - 100} unlabelled archs, 100 labelled: assessor {np.round(taus, 3)} "
-          f"(median {statistics.median(taus):.3f}), MLP {np.round(mlp_taus, 3)} "
-          f"(median {statistics.median(mlp_taus):.3f}); val vs test of the table itself: "
-          f"{kendall_tau(y, bench.values('test')):.3f}")
-    assert statistics.median(taus) >= 0.15
-    assert statistics.median(mlp_taus) >= 0.15
+    print(f"Kendall tau, 100 labelled: assessor {np.round(taus, 3)} held-out (median {statistics.median(taus):.3f}), "
+          f"{np.round(taus_all, 3)} over all {len(archs)} (median {statistics.median(taus_all):.3f}); MLP "
+          f"{np.round(mlp_taus, 3)} held-out (median {statistics.median(mlp_taus):.3f})")
+    assert statistics.median(taus) >= 0.5
+    assert statistics.median(taus) > statistics.median(mlp_taus) + 0.05

@@ -155,3 +155,18 @@ def test_latency_constraint_from_a_lookup_table(tmp_path):
     again = TrainEvaluator(space, data, epochs=1, sample_ratio=0.1, latency="table",
                            latency_table=str(tmp_path / "lut.json")).costs(space.default())
     assert again["latency_ms"] == result.metrics["latency_ms"]  # answered from the saved table, not re-timed
+
+
+def test_thirty_evaluation_search_with_real_training(tmp_path):
+    from core.evaluation.train import TrainEvaluator
+    from core.spaces.mobile import digits_space
+    from tasks.classification.data import digits
+
+    space = digits_space()
+    evaluator = TrainEvaluator(space, digits(), epochs=2, batch_size=16, lr=0.1, sample_ratio=0.25)
+    summary = run(space, RegularizedEvolution(space, seed=0, population_size=8, sample_size=3), tmp_path, 30,
+                  evaluator=evaluator, objective=Objective.from_config(constraints=["macs <= 1e6"]))
+    assert len(summary.trials) == 30 and summary.evaluations == 30
+    assert all(r.ok and r.metrics["params"] > 0 and r.metrics["macs"] > 0 for _, r in summary.trials)
+    assert summary.best_result.metrics["macs"] <= 1e6
+    assert summary.best_result.metrics["accuracy"] > 0.2  # well above chance (0.1) after two short epochs
