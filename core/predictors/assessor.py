@@ -182,30 +182,47 @@ class SimilarityGraph:
         return Pq, self.self_weight / deg
 
 
+def _graph_keys(A: torch.Tensor, X: torch.Tensor, M: torch.Tensor) -> list[bytes]:
+    """One hashable key per featurized arch: archs with equal keys have the same (pruned) graph."""
+    flat = torch.cat([A.flatten(1), X.flatten(1), M], 1).to(torch.uint8).numpy() if _binary(A, X) else \
+        torch.cat([A.flatten(1), X.flatten(1), M], 1).numpy()
+    return [row.tobytes() for row in flat]
+
+
+def _binary(A: torch.Tensor, X: torch.Tensor) -> bool:
+    return bool(((A == 0) | (A == 1)).all() and ((X == 0) | (X == 1)).all())
+
+
 class _Member:
-    """One trained assessor: featurizer, auto-encoder, GCN and the final graph with its node outputs."""
+    """One trained assessor: featurizer, auto-encoder, GCN, the final graph and its node outputs.
+
+    Graph nodes are the distinct (pruned) arch graphs; `keys` maps a graph's key to its node."""
 
     def __init__(self, featurizer: GraphFeaturizer, ae: GraphAutoEncoder, gcn: GCN, graph: SimilarityGraph,
-                 nodes: dict[Arch, int], node_out: torch.Tensor, node_hidden: torch.Tensor):
+                 keys: dict[bytes, int], node_out: torch.Tensor, node_hidden: torch.Tensor):
         self.featurizer, self.ae, self.gcn, self.graph = featurizer, ae, gcn, graph
-        self.nodes, self.node_out, self.node_hidden = nodes, node_out, node_hidden
+        self.keys, self.node_out, self.node_hidden = keys, node_out, node_hidden
 
     @torch.no_grad()
     def predict(self, archs: list[Arch]) -> torch.Tensor:
         out = torch.zeros(len(archs))
-        new = [i for i, a in enumerate(archs) if a not in self.nodes]
-        for i, a in enumerate(archs):
-            if a in self.nodes:
-                out[i] = self.node_out[self.nodes[a]]
-        for start in range(0, len(new), 4096):
-            chunk = new[start:start + 4096]
-            zq = self.ae.encode(*self.featurizer.transform([archs[i] for i in chunk]))
+        for start in range(0, len(archs), 4096):
+            chunk = archs[start:start + 4096]
+            A, X, M = self.featurizer.transform(chunk)
+            keys = _graph_keys(A, X, M)
+            known = [i for i, k in enumerate(keys) if k in self.keys]
+            new = [i for i, k in enumerate(keys) if k not in self.keys]
+            if known:
+                out[start + torch.as_tensor(known)] = self.node_out[[self.keys[keys[i]] for i in known]]
+            if not new:
+                continue
+            sel = torch.as_tensor(new)
+            zq = self.ae.encode(A[sel], X[sel], M[sel])
             Pq, self_w = self.graph.attach(zq)
-            l1_nodes = self.gcn.l1(self.graph.z)
-            hq = F.relu(torch.sparse.mm(Pq, l1_nodes) + self_w.unsqueeze(1) * self.gcn.l1(zq))
-            l2_nodes = self.gcn.l2(self.node_hidden).squeeze(-1)
-            yq = torch.sparse.mm(Pq, l2_nodes.unsqueeze(1)).squeeze(1) + self_w * self.gcn.l2(hq).squeeze(-1)
-            out[torch.as_tensor(chunk)] = yq
+            hq = F.relu(torch.sparse.mm(Pq, self.gcn.l1(self.graph.z)) + self_w.unsqueeze(1) * self.gcn.l1(zq))
+            l2_nodes = self.gcn.l2(self.node_hidden)
+            yq = torch.sparse.mm(Pq, l2_nodes).squeeze(1) + self_w * self.gcn.l2(hq).squeeze(-1)
+            out[start + sel] = yq
         return out
 
 
@@ -280,25 +297,31 @@ class SemiSupervisedAssessor(Predictor):
         return self
 
     def _fit_member(self, lab_archs: list[Arch], t: torch.Tensor, unl_archs: list[Arch], seed: int) -> _Member:
-        nodes = lab_archs + unl_archs
-        n_lab = len(lab_archs)
-        featurizer = GraphFeaturizer(self.space, self.graph_options, self.prune).fit(nodes)
-        A, X, M = featurizer.transform(nodes)
-        # archs with the same (pruned) graph share one encoding: the joint stage encodes each distinct graph once
-        # and weighs its reconstruction by its multiplicity (the same loss as over every node, for less work)
-        flat = torch.cat([A.flatten(1), X.flatten(1), M], 1).numpy()
-        _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
-        first, inverse = torch.as_tensor(first), torch.as_tensor(inverse.reshape(-1))
-        counts = torch.bincount(inverse, minlength=len(first)).float()
+        archs = lab_archs + unl_archs
+        featurizer = GraphFeaturizer(self.space, self.graph_options, self.prune).fit(archs)
+        A, X, M = featurizer.transform(archs)
+        # graph nodes: the distinct (pruned) graphs; a node's target is the mean of its labelled archs', its
+        # reconstruction weighs as many archs as it stands for
+        keys = _graph_keys(A, X, M)
+        node_of: dict[bytes, int] = {}
+        inverse = torch.as_tensor([node_of.setdefault(k, len(node_of)) for k in keys])
+        n_nodes = len(node_of)
+        first = torch.zeros(n_nodes, dtype=torch.long).scatter_(0, inverse.flip(0), torch.arange(len(archs)).flip(0))
+        counts = torch.bincount(inverse, minlength=n_nodes).float()
+        lab_nodes = inverse[:len(lab_archs)]
+        sums = torch.zeros(n_nodes).index_add_(0, lab_nodes, t)
+        hits = torch.zeros(n_nodes).index_add_(0, lab_nodes, torch.ones(len(lab_nodes)))
+        labelled = hits > 0
+        node_t = sums[labelled] / hits[labelled]
         with torch_seed(seed):
             ae = GraphAutoEncoder(featurizer.n_nodes, featurizer.n_features, self.hidden, self.latent)
             gcn = GCN(self.latent, self.gcn_hidden, self.dropout)
             g = torch.Generator().manual_seed(seed)
-            # stage 1: unsupervised representation learning on every node, labelled or not
+            # stage 1: unsupervised representation learning on every arch, labelled or not
             opt = torch.optim.Adam(ae.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             ae.train()
             for _ in range(self.ae_epochs):
-                for idx in minibatches(len(nodes), self.batch_size, g):
+                for idx in minibatches(len(archs), self.batch_size, g):
                     loss = ae.reconstruction_loss(ae.encode(A[idx], X[idx], M[idx]), A[idx], X[idx], M[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -309,31 +332,30 @@ class SemiSupervisedAssessor(Predictor):
             params = list(gcn.parameters()) + (list(ae.parameters()) if self.finetune else [])
             opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
             gcn.train()
-            graph, zu = None, None
+            graph, z = None, None
             for step in range(self.epochs):
                 if self.finetune:
-                    zu = ae.encode(A, X, M)
-                elif zu is None:
+                    z = ae.encode(A, X, M)
+                elif z is None:
                     ae.eval()
                     with torch.no_grad():
-                        zu = ae.encode(A, X, M)
-                z = zu[inverse]
+                        z = ae.encode(A, X, M)
                 if graph is None or (self.finetune and step % self.graph_every == 0):
                     graph = SimilarityGraph(z, self.k, self.threshold, self.self_weight)
                 pred, _ = gcn(graph.P, z)
-                loss = F.mse_loss(pred[:n_lab], t)
+                loss = F.mse_loss(pred[labelled], node_t)
                 if self.finetune and self.recon_weight:
-                    loss = loss + self.recon_weight * ae.reconstruction_loss(zu, A, X, M, counts)
+                    loss = loss + self.recon_weight * ae.reconstruction_loss(z, A, X, M, counts)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
         ae.eval()
         gcn.eval()
         with torch.no_grad():
-            z = ae.encode(A, X, M)[inverse]
+            z = ae.encode(A, X, M)
             graph = SimilarityGraph(z, self.k, self.threshold, self.self_weight)
             out, hidden = gcn(graph.P, z)
-        return _Member(featurizer, ae, gcn, graph, {a: i for i, a in enumerate(nodes)}, out, hidden)
+        return _Member(featurizer, ae, gcn, graph, node_of, out, hidden)
 
     @torch.no_grad()
     def predict(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:

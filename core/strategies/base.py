@@ -31,8 +31,10 @@ class Strategy:
         self.asked = 0
 
     def ask(self, n: int = 1) -> list[Arch]:
-        archs = [self.propose() for _ in range(n)]
-        self.asked += n
+        archs = []
+        for _ in range(n):  # `asked` counts as we go: a proposal may depend on how many came before it
+            archs.append(self.propose())
+            self.asked += 1
         return archs
 
     def propose(self) -> Arch:

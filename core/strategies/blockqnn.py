@@ -239,13 +239,6 @@ class BlockQNN(Strategy):
         epsilon = self.epsilon
         return self.fresh(lambda: self.episode(epsilon))
 
-    def ask(self, n: int = 1) -> list[Arch]:
-        archs = []
-        for _ in range(n):
-            archs.append(self.propose())
-            self.asked += 1
-        return archs
-
     # -- learning --------------------------------------------------------------------------------
     def reward(self, arch: Arch, result: Result) -> float:
         """BlockQNN's early-stop reward: fitness - mu log(FLOPs/flops_ref) - rho log(density/density_ref)."""

@@ -292,13 +292,6 @@ class ESNAC(Strategy):
         return d
 
     # -- ask ---------------------------------------------------------------------------------------
-    def ask(self, n: int = 1) -> list[Arch]:
-        archs = []
-        for _ in range(n):
-            archs.append(self.propose())
-            self.asked += 1
-        return archs
-
     def _observations(self) -> tuple[list[Arch], list[float]]:
         archs, values = [], []
         finite = [self.fitness(r) for _, r in self.history if math.isfinite(self.fitness(r))]

@@ -38,13 +38,6 @@ class RegularizedEvolution(Strategy):
         parent = max(self.rng.sample(list(self.population), k), key=lambda m: m[1])[0]
         return self.fresh(lambda: self.space.mutate(parent, self.rng))
 
-    def ask(self, n: int = 1) -> list[Arch]:
-        archs = []
-        for _ in range(n):
-            archs.append(self.propose())
-            self.asked += 1
-        return archs
-
     def tell(self, arch: Arch, result: Result) -> None:
         super().tell(arch, result)
         self.population.append((arch, self.fitness(result)))

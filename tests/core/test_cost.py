@@ -11,15 +11,6 @@ from core.cost import (LatencyTable, LayerSpec, count_flops, count_macs, count_p
                        profile)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine every op would wait for a descheduled one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_net() -> nn.Module:
     """conv 3->8 (3x3, 16x16 map), depthwise 3x3 stride 2 (-> 8x8), linear 512 -> 10."""
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(),

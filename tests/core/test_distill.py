@@ -16,14 +16,6 @@ from core.engine.registry import ConfigError
 from core.engine.runs import save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def resnet_by_hand(model, x):
     """torchvision ResNet's forward written out, returning the intermediate tensors the taps should see."""
     h = model.maxpool(model.relu(model.bn1(model.conv1(x))))

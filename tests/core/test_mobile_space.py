@@ -14,15 +14,6 @@ from core.spaces.mobile import (MobileSpace, cifar_space, digits_space, efficien
                                 mobilenetv2_space_and_arch)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine every op would wait for a descheduled one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def copy_weights_in_order(model, reference):
     """Load `reference`'s state into `model` entry by entry (same layer order, same shapes)."""
     ours, theirs = model.state_dict(), reference.state_dict()
