@@ -94,7 +94,8 @@ def main() -> None:
                          "median_regret": statistics.median(r["regret"] for r in runs),
                          "median_test_acc": statistics.median(r["test"] for r in runs),
                          "s_per_run": statistics.mean(r["seconds"] for r in runs)})
-            print(f"  {label}: median queries {queries}", flush=True)
+            print(f"  {label}: median queries {queries}, found {rows[-1]['found_top1%']}, "
+                  f"median regret {rows[-1]['median_regret']:.4f}, {rows[-1]['s_per_run']:.1f} s/run", flush=True)
     random_queries = rows[0]["median_queries_top1%"]
     for row in rows:
         row["queries_vs_random"] = row["median_queries_top1%"] / random_queries

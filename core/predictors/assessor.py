@@ -16,36 +16,45 @@ documented as such.
 Our choices:
 - **Inputs.** `space.graph(arch)` (cell201: 8 nodes, ops on nodes, adjacency
   of the DAG) or the chain-graph fallback of `core.predictors.graph`; node
-  ops one-hot.
+  ops one-hot. With `prune` (default), NAS-Bench-101's pruning: nodes off
+  every input-to-output path (`none` nodes count as absent) lose their links
+  and label, so cells computing the same function get the same input (the
+  paper's NAS-Bench-101 graphs come pruned this way).
 - **Encoder.** Two directed graph-convolution layers over the arch's own DAG
-  (h_v' = relu(W_s h_v + W_in mean_{u->v} h_u + W_out mean_{v->w} h_w)), the
-  node states flattened in node order (the cells of a space share node
-  order, so position is meaningful) and a linear map to `latent` dims.
+  (h_v' = relu(W [h_v, mean_{u->v} h_u, mean_{v->w} h_w])), the node states
+  flattened in node order (the cells of a space share node order, so
+  position is meaningful) and a linear map to `latent` dims.
   **Decoder**: an MLP from the latent vector to adjacency and op logits.
   **Reconstruction loss**: binary cross-entropy on every adjacency entry and
   op-indicator of the real (unpadded) nodes.
-- **Graph over architectures.** Nodes: the labelled and unlabelled archs
-  (at most `max_unlabelled` unlabelled, a seeded random subset).
+- **Graph over architectures.** Nodes: the distinct (pruned) graphs of the
+  labelled and unlabelled archs (at most `max_unlabelled` unlabelled, a
+  seeded random subset); a node's target is the mean of its labelled archs'.
   Edge weight w_ij = exp(-||z_i - z_j||^2 / sigma^2) between each node and
   its `k` nearest neighbours (made symmetric: kept if either side keeps it),
   dropped below `threshold`; sigma^2 is the mean squared distance of a node to
   its k-th neighbour (self-tuning bandwidth). Propagation matrix
-  P = D^-1/2 (W + I) D^-1/2 (Kipf & Welling, ICLR 2017).
+  P = D^-1/2 (W + s I) D^-1/2 (Kipf & Welling, ICLR 2017, have s = 1; our
+  default `self_weight` s = 3 keeps more of a node's own representation and
+  measured better on the shipped table).
 - **GCN.** Two layers, y = P relu(P Z W1) W2 (dropout between), on the
   latent vectors Z.
-- **Training.** Stage 1: the auto-encoder alone on every node (labelled and
+- **Training.** Stage 1: the auto-encoder alone on every arch (labelled and
   unlabelled: the unsupervised part). Stage 2: encoder, decoder and GCN
   jointly, loss = MSE on the labelled nodes (standardised targets) +
-  `recon_weight` x reconstruction on all nodes; the graph is rebuilt from the
-  current (detached) representations every `graph_every` steps, and once at
-  the end.
-- **New architectures** (`predict` on archs outside the graph) join it
+  `recon_weight` x reconstruction on all nodes (weighted by the archs each
+  stands for); the graph is rebuilt from the current (detached)
+  representations every `graph_every` steps, and once at the end.
+- **New architectures** (`predict` on graphs outside the graph) join it
   inductively: each links to its k nearest graph nodes with the same kernel
   and bandwidth, the graph's own edges and degrees untouched, so a
   prediction does not depend on which other archs are asked with it.
-  Archs that are graph nodes get their node's prediction.
+  Archs whose graph is a node get that node's prediction.
 - `ensemble` members (different seeds, and so different unlabelled subsets
   and graphs) are averaged.
+- Defaults were set on the shipped tabular benchmark (cell201 on digits):
+  Kendall tau 0.55 on held-out archs with 100 labelled, against 0.46 for
+  `MLPPredictor` (docs/drafts/strategies_pnas_assessor.md).
 """
 
 from __future__ import annotations
@@ -184,13 +193,8 @@ class SimilarityGraph:
 
 def _graph_keys(A: torch.Tensor, X: torch.Tensor, M: torch.Tensor) -> list[bytes]:
     """One hashable key per featurized arch: archs with equal keys have the same (pruned) graph."""
-    flat = torch.cat([A.flatten(1), X.flatten(1), M], 1).to(torch.uint8).numpy() if _binary(A, X) else \
-        torch.cat([A.flatten(1), X.flatten(1), M], 1).numpy()
+    flat = np.ascontiguousarray(torch.cat([A.flatten(1), X.flatten(1), M], 1).numpy().astype(np.float32))
     return [row.tobytes() for row in flat]
-
-
-def _binary(A: torch.Tensor, X: torch.Tensor) -> bool:
-    return bool(((A == 0) | (A == 1)).all() and ((X == 0) | (X == 1)).all())
 
 
 class _Member:

@@ -11,7 +11,9 @@ from core.strategies.hierarchical import EcoNAS
 from core.strategies.hournas import HourNASSearch
 from core.strategies.netadapt import NetAdaptV2Searcher
 from core.strategies.nsga2 import NSGA2
+from core.strategies.pnas import PNAS
+from core.strategies.predictor_guided import PredictorGuided
 from core.strategies.random_search import RandomSearch
 from core.strategies.tpe import TPE
 
-__all__ = ["Strategy", "TPE", "NSGA2", "EcoNAS", "BlockQNN", "ESNAC", "RandomSearch", "RegularizedEvolution", "DartsSearcher", "DCNASSearch", "HourNASSearch", "DNASearch", "NetAdaptV2Searcher"]
+__all__ = ["Strategy", "PNAS", "PredictorGuided", "TPE", "NSGA2", "EcoNAS", "BlockQNN", "ESNAC", "RandomSearch", "RegularizedEvolution", "DartsSearcher", "DCNASSearch", "HourNASSearch", "DNASearch", "NetAdaptV2Searcher"]

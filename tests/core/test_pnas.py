@@ -13,7 +13,7 @@ from core.evaluation import FunctionEvaluator, Result
 from core.journal import Journal
 from core.objective import Objective
 from core.search import Search
-from core.space import Arch, Choice, SearchSpace
+from core.space import Arch
 from core.spaces.cell201 import Cell201Space
 from core.spaces.darts import DartsSpace
 from core.strategies.pnas import PNAS, simplest_fill

@@ -20,7 +20,7 @@ from core.evaluation import Result
 from core.predictors import (PREDICTORS, BlockMLPPredictor, BlockTokenizer, LSTMPredictor, MLPPredictor,
                              SemiSupervisedAssessor, arch_graph, chain_graph, default_blocks, kendall_tau,
                              resolve_blocks)
-from core.space import Arch, Choice, SearchSpace
+from core.space import Choice, SearchSpace
 from core.spaces.cell201 import Cell201Space
 from core.spaces.darts import DartsSpace
 from core.strategies.predictor_guided import PredictorGuided
@@ -237,7 +237,7 @@ def test_assessor_guided_search_beats_random_on_a_synthetic_target(space):
 def test_predictor_guided_search_end_to_end_on_the_tabular_benchmark(bench, tmp_path):
     """Search + journal + tabular evaluator, both models. The archs the model picks after the warm-up must be far
     better than the table's average (what random search draws). Queries to the top 1%, 10 seeds, measured on the
-    shipped table: random 14.5, MLP-guided 26.5, assessor-guided 24.5 (its top 1% is a block of 23 tied archs that
+    shipped table: random 14.5, MLP-guided 26.5, assessor-guided 34.5 (its top 1% is a block of 23 tied archs that
     random search hits early; see docs/drafts/strategies_pnas_assessor.md)."""
     from core.journal import Journal
     from core.objective import Objective
@@ -258,9 +258,9 @@ def test_assessor_kendall_tau_with_100_labelled_archs(bench):
     """Kendall tau on the 629 unlabelled archs of the table (100 labelled, median of 3 samples), next to the MLP.
 
     Issue 3's target is tau >= 0.6 with 100 labelled archs. Measured on the shipped table (two training seeds
-    averaged): assessor 0.565 held-out / 0.578 over all 729 archs, MLP 0.46 / 0.51; on the earlier one-seed
-    table the assessor reached 0.608 / 0.626. The assertion is what holds on every table seen: well above
-    chance, and clearly above the supervised MLP baseline.
+    averaged): assessor 0.551 held-out / 0.564 over all 729 archs, MLP 0.46 / 0.51; on the earlier one-seed
+    table the assessor reached 0.608 / 0.626. The assertion holds on both: well above chance, and clearly above
+    the supervised MLP baseline.
     """
     space = bench.space
     archs = bench.all_archs()
