@@ -43,6 +43,7 @@ from torch import nn
 
 from core.engine.registry import SPACES
 from core.space import Arch, Choice, ChoiceModule, SearchSpace
+from core.spaces.darts import ReLUConvBN  # ReLU -> conv -> BN, NAS-Bench-201's nor_conv_kxk
 
 ALL_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 """The five NAS-Bench-201 ops, in the official order."""
@@ -72,20 +73,6 @@ class Zero(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mul(0.0)
-
-
-class ReLUConvBN(nn.Module):
-    """ReLU -> conv -> BN (NAS-Bench-201's `nor_conv_kxk`)."""
-
-    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True):
-        super().__init__()
-        self.op = nn.Sequential(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
 
 
 OPS = {

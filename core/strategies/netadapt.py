@@ -77,6 +77,7 @@ from core.cost import LatencyTable, count_macs, count_params
 from core.engine.data import DataSplits
 from core.engine.registry import STRATEGIES
 from core.engine.runs import load_checkpoint, save_checkpoint
+from core.evaluation.supernet import recalibrate_bn
 from core.objective import Objective
 from core.space import Arch, SearchSpace
 
@@ -90,28 +91,6 @@ def _progress(progress: bool) -> bool:
 
 def _num_classes_kwargs(data: DataSplits | None) -> dict[str, int]:
     return {"num_classes": data.num_classes} if data is not None else {}
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches, device: torch.device | str | None = None) -> None:
-    """Reset every BatchNorm's running statistics and re-estimate them as the plain average over `batches`.
-
-    (SPOS, Guo et al., ECCV 2020, Sec. 3.4; also core.evaluation.supernet.)
-    Leaves the model in eval mode.
-    """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    try:
-        for x in batches:
-            model(x.to(device) if device is not None else x)
-    finally:
-        for m, momentum in zip(layers, momenta):
-            m.momentum = momentum
-        model.eval()
 
 
 class OrderedDropoutTrainer:
@@ -357,7 +336,7 @@ class NetAdaptV2Searcher:
         try:
             model.activate(arch)
             if self._bn_data:
-                recalibrate_bn(model, self._bn_data)
+                recalibrate_bn(model, [(x,) for x in self._bn_data])
             model.eval()
             correct = total = 0
             for x, y in self._val_data:
