@@ -133,6 +133,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def validate(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
     known = set(FIXED_SECTIONS) | set(COMPONENT_SECTIONS) | set(SCALARS) | {"baselines", "_source_"}
+    task = data.get("task")
+    if isinstance(task, str) and task:
+        known.add(task)  # the task's own section (e.g. `super_resolution: {scale: 2}`), checked by the task
     for key, value in data.items():
         if key not in known:
             raise ConfigError(f"{key}: unknown top-level key in {source}; known: {', '.join(sorted(known))}")
@@ -140,6 +143,8 @@ def validate(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
             raise ConfigError(f"{key}: expected {SCALARS[key].__name__}, got {value!r}")
         if key in COMPONENT_SECTIONS and value is not None and not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping with a 'name', got {value!r}")
+        if key == task and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{key}: the task's section must be a mapping, got {value!r}")
     out = dict(data)
     for name, schema in FIXED_SECTIONS.items():
         section = data.get(name) or {}

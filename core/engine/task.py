@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from core.engine.data import DataSplits
-from core.engine.registry import DATASETS, EVALUATORS, SPACES, ConfigError
+from core.engine.registry import DATASETS, EVALUATORS, SPACES, ConfigError, check_kwargs
 from core.evaluation.base import Evaluator
 from core.space import Arch, SearchSpace
 
@@ -23,9 +23,20 @@ class Task:
     name = "task"
     #: metric names a final table shows, in order
     table_metrics: tuple[str, ...] = ()
+    #: a dataclass of the task's own options, read from the config section named after the task
+    #: (e.g. `super_resolution: {scale: 2}`); unknown keys and wrong types fail with the key's name
+    Options: type | None = None
 
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
+        self.options = self._read_options(cfg.get(self.name) or {})
+
+    def _read_options(self, section: dict[str, Any]):
+        if self.Options is None:
+            if section:
+                raise ConfigError(f"{self.name}: task {self.name!r} takes no options section")
+            return None
+        return self.Options(**check_kwargs(self.Options, section, self.name))
 
     # -- building blocks from the config ------------------------------------------------
     def data(self) -> DataSplits:
