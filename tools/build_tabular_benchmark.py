@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--C", type=int, default=8, help="channels of the first stage")
     p.add_argument("--N", type=int, default=1, help="cells per stage")
     p.add_argument("--train-fraction", type=float, default=0.2, help="fraction of the train split used")
+    p.add_argument("--eval-split", choices=("val", "val+heldout"), default="val+heldout",
+                   help="what the validation accuracy is measured on: the val split alone, or the val split plus "
+                        "the train images a seed's training subset left out (finer accuracies, fewer ties)")
     p.add_argument("--seeds", default="0,1", help="comma-separated training seeds; the table holds their mean")
     p.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
     p.add_argument("--limit", type=int, default=None, help="train only this many archs (timing); no table")
@@ -89,7 +92,7 @@ def recipe_of(args: argparse.Namespace, seed: int) -> dict:
             "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": "SGD nesterov",
             "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
             "schedule": "cosine over all steps, no warm-up", "grad_clip": 5.0,
-            "train_fraction": args.train_fraction, "seed": seed, "torch_threads_per_worker": 1,
+            "train_fraction": args.train_fraction, "eval_split": args.eval_split, "seed": seed, "torch_threads_per_worker": 1,
             "timing": "CPU seconds of training (time.process_time), evaluation excluded"}
 
 
@@ -106,23 +109,34 @@ def _init_worker(recipes: dict[int, dict]) -> None:
     _STATE.update(data=data, recipes=recipes, train={},
                   val=[(x, y) for x, y in DataLoader(data.val, batch_size=512)],
                   test=[(x, y) for x, y in DataLoader(data.test, batch_size=512)])
+    _STATE["val_by_seed"] = {}
     for seed, recipe in recipes.items():
-        train = data.train
+        train, heldout = data.train, []
         if recipe["train_fraction"] < 1:
             g = torch.Generator().manual_seed(seed)
             n = max(1, round(len(train) * recipe["train_fraction"]))
-            train = Subset(train, torch.randperm(len(train), generator=g)[:n].tolist())
+            order = torch.randperm(len(train), generator=g).tolist()
+            train, heldout = Subset(data.train, order[:n]), order[n:]
         _STATE["train"][seed] = train
+        val = _STATE["val"]
+        if recipe.get("eval_split") == "val+heldout" and heldout:
+            val = val + [(x, y) for x, y in DataLoader(Subset(data.train, heldout), batch_size=512)]
+        _STATE["val_by_seed"][seed] = val
     cfg = any_recipe["space_config"]
     _STATE["space"] = Cell201Space(C=cfg["C"], N=cfg["N"], num_classes=cfg["num_classes"],
                                    in_channels=cfg["in_channels"], ops=cfg["ops"])
 
 
 @torch.no_grad()
-def _accuracy(model: torch.nn.Module, batches) -> float:
+def _accuracy_and_loss(model: torch.nn.Module, batches) -> tuple[float, float]:
     model.eval()
-    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
-    return correct / sum(len(y) for _, y in batches)
+    correct, loss = 0, 0.0
+    for x, y in batches:
+        logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    n = sum(len(y) for _, y in batches)
+    return correct / n, loss / n
 
 
 def train_arch(task: tuple[str, int]) -> tuple[int, dict]:
@@ -140,7 +154,7 @@ def train_arch(task: tuple[str, int]) -> tuple[int, dict]:
     opt = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
                           weight_decay=recipe["weight_decay"], nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe["epochs"] * len(loader))
-    val, test, losses, seconds = [], [], [], []
+    val, val_loss, test, losses, seconds = [], [], [], [], []
     elapsed = 0.0
     for _ in range(recipe["epochs"]):
         start = time.process_time()  # CPU seconds of this single-threaded worker: immune to other load
@@ -158,9 +172,12 @@ def train_arch(task: tuple[str, int]) -> tuple[int, dict]:
         loss = total / n
         losses.append(round(loss, 5) if math.isfinite(loss) else None)
         seconds.append(round(elapsed, 3))
-        val.append(round(_accuracy(model, _STATE["val"]), 5))
-        test.append(round(_accuracy(model, _STATE["test"]), 5))
-    return seed, {"arch": arch_str, "params": params, "macs": macs, "val_acc": val, "test_acc": test,
+        acc, vloss = _accuracy_and_loss(model, _STATE["val_by_seed"][seed])
+        val.append(round(acc, 5))
+        val_loss.append(round(vloss, 5) if math.isfinite(vloss) else None)
+        test.append(round(_accuracy_and_loss(model, _STATE["test"])[0], 5))
+    return seed, {"arch": arch_str, "params": params, "macs": macs, "val_acc": val, "val_loss": val_loss,
+                  "test_acc": test,
                   "train_loss": losses, "train_seconds": seconds}
 
 
@@ -196,7 +213,8 @@ def merge_seeds(per_seed: dict[int, dict[str, dict]], archs: list[str]) -> list[
         if len({(r["params"], r["macs"]) for r in runs}) != 1:
             raise RuntimeError(f"{arch}: params/MACs differ between seeds")
         row = {"arch": arch, "params": runs[0]["params"], "macs": runs[0]["macs"]}
-        for col, digits_ in (("val_acc", 5), ("test_acc", 5), ("train_loss", 5), ("train_seconds", 3)):
+        for col, digits_ in (("val_acc", 5), ("val_loss", 5), ("test_acc", 5), ("train_loss", 5),
+                             ("train_seconds", 3)):
             curves = [[math.nan if v is None else v for v in r[col]] for r in runs]
             mean = [sum(vs) / len(vs) for vs in zip(*curves)]
             row[col] = [round(v, digits_) if math.isfinite(v) else None for v in mean]
@@ -213,6 +231,7 @@ def write_table(path: Path, rows: list[dict], recipe: dict, build: dict) -> None
         "meta": {"benchmark": "cell201 on digits (NAS-Bench-201 style, Dong & Yang, ICLR 2020)",
                  "recipe": recipe, "build": build,
                  "columns": {"val_acc": "top-1 on the validation split after each epoch, mean over the seeds",
+                             "val_loss": "cross-entropy on the validation split after each epoch, mean over the seeds",
                              "test_acc": "top-1 on the test split after each epoch, mean over the seeds",
                              "val_acc_by_seed": "[seed][epoch] top-1 on the validation split, seeds as in recipe",
                              "test_acc_by_seed": "[seed][epoch] top-1 on the test split, seeds as in recipe",
@@ -222,7 +241,7 @@ def write_table(path: Path, rows: list[dict], recipe: dict, build: dict) -> None
                              "params": "parameters of the full network", "macs": "MACs on 1x1x8x8"}},
         "archs": [r["arch"] for r in rows],
     }
-    for col in ("params", "macs", "val_acc", "test_acc", "train_loss", "train_seconds",
+    for col in ("params", "macs", "val_acc", "val_loss", "test_acc", "train_loss", "train_seconds",
                 "val_acc_by_seed", "test_acc_by_seed"):
         table[col] = [r[col] for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,14 @@ Distillation", 2021) when it is installed; otherwise a built-in forward hook
 with the same behaviour records the tensors. Either way: a module called
 several times in one forward pass keeps the tensors of its last call; a
 module with one input records that tensor, one with several a tuple.
+
+Recorded tensors are cloned as they are recorded (`clone=True`, the
+default): a tapped output that the next layer modifies in place
+(`nn.ReLU(inplace=True)` after a BatchNorm, as in torchvision's ResNets)
+would otherwise be overwritten before the loss reads it, and its backward
+would fail with "modified by an inplace operation". The clone keeps the
+autograd graph (its backward is the identity). `clone=False` saves the copy
+for networks known to have no in-place ops after a tap.
 """
 
 from __future__ import annotations
@@ -75,6 +83,27 @@ def _builtin_hook(module: nn.Module, path: str, requires_input: bool, requires_o
     return module.register_forward_hook(hook)
 
 
+def _clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_clone(v) for v in value)
+    return value
+
+
+def _clone_hook(module: nn.Module, path: str, ios: set[str], io_dict: dict) -> torch.utils.hooks.RemovableHandle:
+    """Runs right after the recording hook (hooks run in registration order): replace what it stored by copies,
+    before any later in-place op can overwrite the originals."""
+
+    def hook(_module, _inputs, _output):
+        for io in ios:
+            per_device = io_dict.get(path, {}).get(io)
+            for key in list(per_device or ()):
+                per_device[key] = _clone(per_device[key])
+
+    return module.register_forward_hook(hook)
+
+
 def _tensors(value: Any) -> Iterable[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         yield value
@@ -98,10 +127,12 @@ class Taps:
 
     `backend` is "torchdistill" (its `register_forward_hook_with_dict`), "builtin",
     or "auto" (torchdistill when installed). Recorded tensors keep their autograd
-    graph: features of a student can be used in a loss directly.
+    graph: features of a student can be used in a loss directly. `clone`: copy
+    each recorded tensor at once, so later in-place ops cannot change it (see
+    the module docstring).
     """
 
-    def __init__(self, model: nn.Module, taps: Iterable[str], backend: str = "auto"):
+    def __init__(self, model: nn.Module, taps: Iterable[str], backend: str = "auto", clone: bool = True):
         if backend not in ("auto", "torchdistill", "builtin"):
             raise ValueError(f"backend: expected 'auto', 'torchdistill' or 'builtin', got {backend!r}")
         register = _torchdistill_hooks() if backend in ("auto", "torchdistill") else None
@@ -121,6 +152,8 @@ class Taps:
         for path, ios in wanted.items():
             module = resolve_module(model, path)
             self._handles.append(register(module, path, INPUT in ios, OUTPUT in ios, self._io_dict))
+            if clone:
+                self._handles.append(_clone_hook(module, path, ios, self._io_dict))
 
     def pop(self, missing_ok: bool = False) -> dict[str, Any]:
         """The tensors recorded since the last `pop`, keyed by tap; they are forgotten here.

@@ -71,6 +71,21 @@ def test_taps_keep_the_student_graph():
     assert model[0].weight.grad is not None and model[2].weight.grad is None
 
 
+@pytest.mark.parametrize("backend", ["torchdistill", "builtin"])
+def test_taps_survive_a_following_inplace_op(backend):
+    """A tapped BN followed by ReLU(inplace=True): the tap holds the pre-activation values and backward works."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(inplace=True), nn.Linear(6, 2))
+    x = torch.randn(8, 4)
+    expected = model[1](model[0](x)).detach()
+    assert (expected < 0).any()  # the ReLU would change it
+    with Taps(model, ["1"], backend=backend) as taps:
+        out, feats = taps(x)
+        torch.testing.assert_close(feats["1"].detach(), expected)
+        (feats["1"].pow(2).sum() + out.sum()).backward()
+    assert model[0].weight.grad is not None
+
+
 def test_staged_teacher_returns_stage_outputs_and_stops_early():
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
