@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Callable
 
 from core.evaluation.result import Result
@@ -61,3 +62,46 @@ class Strategy:
             return None
         arch, result = max(self.history, key=lambda item: self.fitness(item[1]))
         return (arch, result) if self.fitness(result) > -math.inf else None
+
+
+class QueuedStrategy(Strategy):
+    """A strategy that plans archs in rounds (PNAS levels, predictor-ranked batches): `refill()` fills
+    `self.queue` once every arch of the previous round has been told; `ask` hands the queue out.
+
+    Asked again before the round's tells arrive, it hands out fresh random archs so a
+    parallel caller is never idle; the first `warmup` asks are random too.
+    """
+
+    warmup = 0
+
+    def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None):
+        super().__init__(space, seed, objective)
+        self.queue: deque[Arch] = deque()
+        self.pending: set[Arch] = set()
+
+    def refill(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement refill()")
+
+    def ask(self, n: int = 1) -> list[Arch]:
+        archs: list[Arch] = []
+        while len(archs) < n:
+            if self.asked + len(archs) < self.warmup:
+                arch = self.fresh(lambda: self.space.sample(self.rng))
+            else:
+                if not self.queue and not self.pending:
+                    self.refill()
+                if self.queue:
+                    arch = self.queue.popleft()
+                    self.seen.add(arch)
+                elif archs:
+                    break                                # the round's last archs are out; wait for their tells
+                else:                                    # asked again before telling: a random arch meanwhile
+                    arch = self.fresh(lambda: self.space.sample(self.rng))
+            self.pending.add(arch)
+            archs.append(arch)
+        self.asked += len(archs)
+        return archs
+
+    def tell(self, arch: Arch, result: Result) -> None:
+        super().tell(arch, result)
+        self.pending.discard(arch)

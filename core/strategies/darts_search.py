@@ -68,7 +68,7 @@ from tqdm.auto import tqdm
 import core.space.sparsestmax  # noqa: F401 - registers the sparsestmax and sparsemax relaxations
 from core.engine.data import DataSplits
 from core.engine.registry import STRATEGIES
-from core.engine.runs import load_checkpoint, save_checkpoint
+from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.evaluation.train import classification_loss
 from core.objective import Objective
 from core.space import Arch, SearchSpace, architecture_parameters, choice_modules, derive, set_mixture
@@ -247,7 +247,9 @@ class DartsSearcher:
         w_opt = torch.optim.SGD(weights, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         a_opt = torch.optim.Adam(alphas, lr=self.arch_lr, betas=self.arch_betas, weight_decay=self.arch_weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.epochs, eta_min=self.lr_min)
-        start_epoch = self._resume(model, w_opt, a_opt, scheduler)
+        start_epoch, history = resume_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, "DARTS", self.epochs,
+                                                  state_dict=model, w_opt=w_opt, a_opt=a_opt, scheduler=scheduler)
+        self.history = history or self.history
 
         train_half, val_half = self._halves(data)
         steps = math.ceil(len(train_half) / self.batch_size)
@@ -260,10 +262,8 @@ class DartsSearcher:
             scheduler.step()
             self.history.append(row)
             if self.checkpoint:
-                save_checkpoint(self.checkpoint, {
-                    "format": CHECKPOINT_FORMAT, "space": type(self.space).__name__, "epoch": epoch + 1,
-                    "state_dict": model.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                    "scheduler": scheduler.state_dict(), "history": self.history})
+                save_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, epoch + 1, self.history,
+                                 state_dict=model, w_opt=w_opt, a_opt=a_opt, scheduler=scheduler)
         bar.close()
         model.eval()
         self.arch = self.derive(model)
@@ -277,20 +277,6 @@ class DartsSearcher:
             for a in alphas:
                 if a.numel() > 1 and bool((a == a.reshape(-1)[0]).all()):
                     a.copy_(1e-3 * torch.randn(a.shape, generator=gen).to(a))
-
-    def _resume(self, model, w_opt, a_opt, scheduler) -> int:
-        if not (self.checkpoint and self.checkpoint.is_file()):
-            return 0
-        payload = load_checkpoint(self.checkpoint)
-        if payload.get("format") != CHECKPOINT_FORMAT or payload.get("space") != type(self.space).__name__:
-            raise ValueError(f"strategy.checkpoint: {self.checkpoint} is not a DARTS checkpoint of "
-                             f"{type(self.space).__name__}; use another path")
-        model.load_state_dict(payload["state_dict"])
-        w_opt.load_state_dict(payload["w_opt"])
-        a_opt.load_state_dict(payload["a_opt"])
-        scheduler.load_state_dict(payload["scheduler"])
-        self.history = [dict(row) for row in payload.get("history", [])]
-        return min(int(payload["epoch"]), self.epochs)
 
     def _epoch(self, model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, bar) -> dict:
         seed = self.seed * 1_000_003 + epoch

@@ -76,7 +76,7 @@ from tqdm.auto import tqdm
 from core.cost import LatencyTable, count_macs, count_params
 from core.engine.data import DataSplits
 from core.engine.registry import STRATEGIES
-from core.engine.runs import load_checkpoint, save_checkpoint
+from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.evaluation.supernet import recalibrate_bn
 from core.objective import Objective
 from core.space import Arch, SearchSpace
@@ -125,19 +125,6 @@ class OrderedDropoutTrainer:
         n = math.ceil(len(self.data.train) / self.batch_size)
         return min(n, self.steps_per_epoch) if self.steps_per_epoch else n
 
-    def _resume(self, supernet, optimizer, scheduler) -> int:
-        if not (self.checkpoint and self.checkpoint.is_file()):
-            return 0
-        payload = load_checkpoint(self.checkpoint)
-        if payload.get("format") != CHECKPOINT_FORMAT or payload.get("space") != type(self.space).__name__:
-            raise ValueError(f"strategy.checkpoint: {self.checkpoint} is not a NetAdaptV2 super-network checkpoint "
-                             f"of {type(self.space).__name__}; use another path")
-        supernet.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        self.history = [dict(row) for row in payload.get("history", [])]
-        return min(int(payload["epoch"]), self.epochs)
-
     def fit(self, supernet: nn.Module | None = None) -> nn.Module:
         if supernet is None:
             with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves the global RNG alone
@@ -150,16 +137,16 @@ class OrderedDropoutTrainer:
         optimizer = torch.optim.SGD(supernet.parameters(), lr=self.lr, momentum=self.momentum,
                                     weight_decay=self.weight_decay, nesterov=self.momentum > 0)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, self.epochs * steps))
-        start = self._resume(supernet, optimizer, scheduler)
+        start, history = resume_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, "NetAdaptV2 super-network",
+                                            self.epochs, state_dict=supernet, optimizer=optimizer, scheduler=scheduler)
+        self.history = history or self.history
         bar = tqdm(total=self.epochs * steps, initial=start * steps, desc="NetAdaptV2 super-network", unit="step",
                    disable=not _progress(self.progress), dynamic_ncols=True)
         for epoch in range(start, self.epochs):
             self.history.append(self._epoch(supernet, optimizer, scheduler, epoch, steps, bar))
             if self.checkpoint:
-                save_checkpoint(self.checkpoint, {
-                    "format": CHECKPOINT_FORMAT, "space": type(self.space).__name__, "epoch": epoch + 1,
-                    "state_dict": supernet.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "history": self.history})
+                save_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, epoch + 1, self.history,
+                                 state_dict=supernet, optimizer=optimizer, scheduler=scheduler)
         bar.close()
         supernet.activate(None)
         return supernet.eval()

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,7 +61,7 @@ from core.evaluation.result import Result
 from core.objective import Objective
 from core.predictors.sequence import BlockMLPPredictor, BlockTokenizer, LSTMPredictor
 from core.space import Arch, SearchSpace
-from core.strategies.base import Strategy
+from core.strategies.base import QueuedStrategy
 
 SURROGATES = {"mlp": BlockMLPPredictor, "lstm": LSTMPredictor}
 
@@ -91,7 +90,7 @@ def simplest_fill(space: SearchSpace, fill: str | Mapping[str, Any] | None = Non
 
 
 @STRATEGIES.register("pnas")
-class PNAS(Strategy):
+class PNAS(QueuedStrategy):
     """Progressive NAS with a beam of `beam_size` and an MLP + LSTM surrogate ensemble.
 
     Args:
@@ -137,37 +136,14 @@ class PNAS(Strategy):
         self.levels: list[list[Arch]] = []               # the beam of each level (level k: k blocks decided)
         self.entries: list[tuple[Arch, int]] = []        # (arch, blocks decided) the surrogate learns from
         self.results: dict[Arch, float] = {}             # fitness of every told arch
-        self.queue: deque[Arch] = deque()
-        self.pending: set[Arch] = set()
         self.rounds = 0                                  # refinement rounds after the last block
-
-    # -- ask/tell -------------------------------------------------------------------
-    def ask(self, n: int = 1) -> list[Arch]:
-        archs: list[Arch] = []
-        while len(archs) < n:
-            if not self.queue and not self.pending:
-                self._advance()
-            if self.queue:
-                arch = self.queue.popleft()
-                self.pending.add(arch)
-                self.seen.add(arch)
-                archs.append(arch)
-            elif archs:
-                break                                    # the level's last archs are out; wait for their tells
-            else:                                        # asked again before telling: keep the caller busy
-                arch = self.fresh(lambda: self.space.sample(self.rng))
-                self.pending.add(arch)
-                archs.append(arch)
-        self.asked += len(archs)
-        return archs
 
     def tell(self, arch: Arch, result: Result) -> None:
         super().tell(arch, result)
-        self.pending.discard(arch)
         self.results[arch] = self.fitness(result)
 
     # -- levels ------------------------------------------------------------------------
-    def _advance(self) -> None:
+    def refill(self) -> None:
         """Prepare the next level (or refinement round) and queue its archs not evaluated yet."""
         while not self.queue:
             if self.depth == 0:

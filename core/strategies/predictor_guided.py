@@ -24,7 +24,6 @@ deterministic for a seed and a sequence of tells.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -34,11 +33,11 @@ from core.evaluation.result import Result
 from core.objective import Objective
 from core.predictors.base import PREDICTORS
 from core.space import Arch, SearchSpace
-from core.strategies.base import Strategy
+from core.strategies.base import QueuedStrategy
 
 
 @STRATEGIES.register("predictor")
-class PredictorGuided(Strategy):
+class PredictorGuided(QueuedStrategy):
     """Warm-up with random archs, then rounds of fit -> score a random pool -> evaluate the top.
 
     Args:
@@ -62,34 +61,8 @@ class PredictorGuided(Strategy):
         if "space" in self.predictor_settings or "seed" in self.predictor_settings:
             raise ConfigError("strategy.predictor: 'space' and 'seed' are set by the strategy")
         self.warmup, self.round_size, self.pool_size = warmup, round_size, pool_size
-        self.queue: deque[Arch] = deque()
-        self.pending: set[Arch] = set()
         self.rounds = 0
         self.last_predictor = None
-
-    def ask(self, n: int = 1) -> list[Arch]:
-        archs: list[Arch] = []
-        while len(archs) < n:
-            if self.asked + len(archs) < self.warmup:
-                arch = self.fresh(lambda: self.space.sample(self.rng))
-            else:
-                if not self.queue and not self.pending:
-                    self._round()
-                if self.queue:
-                    arch = self.queue.popleft()
-                    self.seen.add(arch)
-                elif archs:
-                    break                                # the round's last archs are out; wait for their tells
-                else:                                    # asked again before telling: a random arch meanwhile
-                    arch = self.fresh(lambda: self.space.sample(self.rng))
-            self.pending.add(arch)
-            archs.append(arch)
-        self.asked += len(archs)
-        return archs
-
-    def tell(self, arch: Arch, result: Result) -> None:
-        super().tell(arch, result)
-        self.pending.discard(arch)
 
     def _pool(self) -> list[Arch]:
         """Up to `pool_size` distinct archs never asked, sampled uniformly."""
@@ -102,7 +75,7 @@ class PredictorGuided(Strategy):
                 pool[arch] = None
         return list(pool)
 
-    def _round(self) -> None:
+    def refill(self) -> None:
         self.rounds += 1
         pool = self._pool()
         if not pool:                                     # every arch was asked: the space is exhausted
