@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from core.engine.registry import STRATEGIES, ConfigError, check_kwargs
-from core.evaluation.result import Result
 from core.objective import Objective
 from core.predictors.base import PREDICTORS
 from core.space import Arch, SearchSpace
