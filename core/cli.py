@@ -244,14 +244,15 @@ def _write_search_outputs(run_dir: Path, summary, objective) -> None:
                 xlimit=limit)
     if summary.best_arch is not None:
         atomic_write_text(run_dir / "best_arch.json", summary.best_arch.to_json(indent=2) + "\n")
-    failed = sum(not r.ok for _, r in summary.trials)
+    failed = sum(r.status == "failed" for _, r in summary.trials)
     write_json(run_dir / "search.json", {
         "best_arch_key": summary.best_arch.key if summary.best_arch else None,
         "best_metrics": summary.best_result.metrics if summary.best_result else None,
         "trials": len(summary.trials), "evaluations": summary.evaluations, "replayed": summary.replayed,
-        "failed": failed, "seconds": summary.seconds})
+        "failed": failed, "infeasible": summary.infeasible, "seconds": summary.seconds})
     _log(f"\n{len(summary.trials)} trials ({summary.evaluations} evaluated now, {summary.replayed} replayed "
-         f"from the journal, {failed} failed) in {summary.seconds:.1f} s")
+         f"from the journal, {failed} failed, {summary.infeasible} over a constraint before training) "
+         f"in {summary.seconds:.1f} s")
     if summary.pareto:
         _log("Pareto front:\n" + table([{"arch": a.key, **r.metrics} for a, r in summary.pareto],
                                        ["arch", *dict.fromkeys([m for m, _ in terms] + ["params", "macs"])]))

@@ -6,6 +6,15 @@ deterministic for a seed and a sequence of tells), and its recorded result is
 told instead of evaluating again. An arch seen before in the same search is
 answered from the cache and journaled as `cached`, so nothing is evaluated
 twice and nothing is lost after a kill.
+
+Before it pays for an evaluation, the loop checks the objective's hard
+constraints on the metrics the evaluator knows without training
+(`Evaluator.cost_metrics`: params, MACs, table latency). An arch that breaks
+one is journaled as `infeasible` with those metrics and told to the strategy
+(fitness -inf) but not trained, and it does not count towards the budget:
+`search.budget` is the number of architectures actually evaluated. This is
+EEEA-Net's early exit (Termritthikun et al., 2021, Sec. 3.2) applied to every
+strategy: the MACs of a candidate are known before a second of training.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ from core.space import Arch, SearchSpace
 from core.strategies.base import Strategy
 
 
+INFEASIBLE = "infeasible"
+
+
 class ResumeError(RuntimeError):
     """The journal was written by a different search (seed, strategy, space or evaluator changed)."""
 
@@ -39,6 +51,7 @@ class SearchSummary:
     evaluations: int
     replayed: int
     seconds: float
+    infeasible: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -56,6 +69,21 @@ class Search:
         self.batch_size, self.progress, self.on_trial = batch_size, progress, on_trial
         strategy.objective = objective
         self.fingerprint = evaluator.fingerprint()
+        #: proposals rejected before training, at most this many (a strategy stuck outside the constraints)
+        self.max_infeasible = max(1000, 50 * budget)
+
+    def _precheck(self, arch: Arch) -> Result | None:
+        """An `infeasible` result when a constraint fails on the metrics known before training, else None."""
+        if not self.objective.constraints:
+            return None
+        metrics = self.evaluator.cost_metrics(arch)
+        if not metrics:
+            return None
+        broken = [c for c in self.objective.constraints if c.metric in metrics and not c.satisfied(metrics)]
+        if not broken:
+            return None
+        why = "; ".join(f"{c.metric} = {metrics[c.metric]:g} breaks {c}" for c in broken)
+        return Result(metrics=dict(metrics), status=INFEASIBLE, reason=f"{why} (checked before training)")
 
     def _check_journal(self) -> list[Trial]:
         stored = self.journal.get_meta("fingerprint")
@@ -71,13 +99,14 @@ class Search:
         past = self._check_journal()
         cache: dict[Arch, Result] = {t.arch: t.result for t in past if not t.cached}
         trials: list[tuple[Arch, Result]] = []
-        evaluations = 0
+        evaluations = counted = infeasible = 0
         bar = tqdm(total=self.budget, desc="search", unit="arch", disable=not self.progress, dynamic_ncols=True)
         best = -math.inf
-        while len(trials) < self.budget:
-            archs = self.strategy.ask(min(self.batch_size, self.budget - len(trials)))
+        while counted < self.budget and infeasible < self.max_infeasible:
+            archs = self.strategy.ask(min(self.batch_size, self.budget - counted))
             results: list[Result | None] = [None] * len(archs)
             fresh: list[int] = []
+            rejected_now: set[int] = set()
             for i, arch in enumerate(archs):
                 index = len(trials) + i
                 if index < len(past):
@@ -88,24 +117,33 @@ class Search:
                     results[i] = past[index].result
                 elif arch in cache:
                     results[i] = cache[arch]
+                elif (rejected := self._precheck(arch)) is not None:
+                    results[i] = cache[arch] = rejected
+                    rejected_now.add(i)
                 else:
                     fresh.append(i)
             new = self.executor.map(self.evaluator, [archs[i] for i in fresh])
             for i, result in zip(fresh, new):
                 results[i] = result
             fresh_set = set(fresh)
+            step = 0
             for i, (arch, result) in enumerate(zip(archs, results)):
                 if len(trials) >= len(past):
-                    self.journal.record(arch, result, self.fingerprint, cached=i not in fresh_set)
+                    self.journal.record(arch, result, self.fingerprint, cached=i not in fresh_set and i not in rejected_now)
                 if i in fresh_set:
                     cache[arch] = result
                     evaluations += 1
                 self.strategy.tell(arch, result)
                 trials.append((arch, result))
+                if result.status == INFEASIBLE:
+                    infeasible += 1
+                else:
+                    counted += 1
+                    step += 1
                 if self.on_trial:
                     self.on_trial(len(trials) - 1, arch, result)
                 best = max(best, self.objective.fitness(result))
-            bar.update(len(archs))
+            bar.update(step)
             if math.isfinite(best):
                 bar.set_postfix({self.objective.metric: f"{abs(best):.4g}"}, refresh=False)
         bar.close()
@@ -113,7 +151,7 @@ class Search:
         return SearchSummary(
             best_arch=best_entry[0] if best_entry else None, best_result=best_entry[1] if best_entry else None,
             trials=trials, pareto=self.objective.pareto_front(trials), evaluations=evaluations,
-            replayed=min(len(past), len(trials)), seconds=time.perf_counter() - start)
+            replayed=min(len(past), len(trials)), seconds=time.perf_counter() - start, infeasible=infeasible)
 
     def _best(self, trials: list[tuple[Arch, Result]]) -> tuple[Arch, Result] | None:
         best = None

@@ -27,6 +27,14 @@ class Evaluator:
         """JSON-serialisable settings that change results (hashed into the fingerprint)."""
         return {"type": type(self).__name__}
 
+    def cost_metrics(self, arch: Arch) -> dict[str, float] | None:
+        """Metrics known without training (params, MACs, table latency), or None when the evaluator has none.
+
+        The search loop checks the objective's constraints on these before it
+        pays for an evaluation: an arch over a MACs budget is never trained.
+        """
+        return None
+
     def fingerprint(self) -> str:
         text = json.dumps(self.config(), sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]

@@ -31,6 +31,7 @@ class CostMetrics:
         self.latency, self.threads = latency, latency_threads
         self.table_path = Path(latency_table) if latency_table else None
         self._table: LatencyTable | None = None
+        self._cache: dict[Arch, dict[str, float]] = {}  # the search checks constraints, then the evaluator reports
 
     def config(self) -> dict[str, Any]:
         return {"latency": self.latency, "latency_threads": self.threads}
@@ -48,6 +49,13 @@ class CostMetrics:
         return self._table
 
     def __call__(self, arch: Arch) -> dict[str, float]:
+        if arch not in self._cache:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[arch] = self._measure(arch)
+        return dict(self._cache[arch])
+
+    def _measure(self, arch: Arch) -> dict[str, float]:
         kwargs = {"num_classes": self.num_classes} if self.num_classes else {}
         model = self.space.build(arch, **kwargs)
         x = torch.zeros(1, *self.input_shape)

@@ -146,6 +146,9 @@ class SupernetEvaluator(Evaluator):
                 break
         return batches
 
+    def cost_metrics(self, arch: Arch) -> dict[str, float]:
+        return self.costs(arch)
+
     def config(self) -> dict[str, Any]:
         return {"type": "supernet", "space": type(self.space).__name__, "data": self.data.name,
                 "supernet": self._digest, "path": self.path, "bn_batches": self.bn_batches,

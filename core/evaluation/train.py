@@ -85,6 +85,9 @@ class TrainEvaluator(Evaluator):
         self._train = self._subset(data.train)
         self.costs = CostMetrics(space, data.input_shape, data.num_classes, latency, latency_table)
 
+    def cost_metrics(self, arch: Arch) -> dict[str, float]:
+        return self.costs(arch)
+
     def config(self) -> dict[str, Any]:
         return {"type": "train", "space": type(self.space).__name__, "data": self.data.name,
                 "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum,

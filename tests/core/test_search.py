@@ -166,7 +166,43 @@ def test_thirty_evaluation_search_with_real_training(tmp_path):
     evaluator = TrainEvaluator(space, digits(), epochs=2, batch_size=16, lr=0.1, sample_ratio=0.25)
     summary = run(space, RegularizedEvolution(space, seed=0, population_size=8, sample_size=3), tmp_path, 30,
                   evaluator=evaluator, objective=Objective.from_config(constraints=["macs <= 1e6"]))
-    assert len(summary.trials) == 30 and summary.evaluations == 30
-    assert all(r.ok and r.metrics["params"] > 0 and r.metrics["macs"] > 0 for _, r in summary.trials)
+    trained = [r for _, r in summary.trials if r.status != "infeasible"]
+    assert len(trained) == 30 and summary.evaluations == 30  # archs over 1M MACs are rejected before training
+    assert len(summary.trials) == 30 + summary.infeasible
+    assert all(r.ok and r.metrics["params"] > 0 and 0 < r.metrics["macs"] <= 1e6 for r in trained)
     assert summary.best_result.metrics["macs"] <= 1e6
     assert summary.best_result.metrics["accuracy"] > 0.2  # well above chance (0.1) after two short epochs
+
+
+class CountingCostEvaluator(FunctionEvaluator):
+    """onemax with a 'MACs' known before training: the sum of the choices (0..60)."""
+
+    def __init__(self):
+        super().__init__(onemax, "onemax-macs")
+        self.trained = []
+
+    def cost_metrics(self, arch):
+        return {"macs": float(sum(arch.values())), "params": 0.0}
+
+    def evaluate(self, arch):
+        self.trained.append(arch)
+        return Result(metrics={**onemax(arch), **self.cost_metrics(arch)})
+
+
+def test_archs_over_a_cost_constraint_are_never_trained_and_do_not_use_the_budget(onemax_space, tmp_path):
+    objective = Objective(constraints=["macs <= 25"])
+    evaluator = CountingCostEvaluator()
+    summary = run(onemax_space, RandomSearch(onemax_space, seed=0), tmp_path, 15, "c", evaluator, objective)
+    # uniform choices have mean sum 30: most proposals break the budget, yet 15 archs are trained, all feasible
+    assert len(evaluator.trained) == summary.evaluations == 15
+    assert all(sum(a.values()) <= 25 for a in evaluator.trained)
+    assert summary.infeasible > 15 and len(summary.trials) == 15 + summary.infeasible
+    rejected = [r for a, r in summary.trials if r.status == "infeasible"]
+    assert all("macs" in r.reason and r.metrics["macs"] > 25 for r in rejected)
+    # the journal holds the rejections; a resumed search replays them without training anything
+    again = CountingCostEvaluator()
+    with Journal(tmp_path / "c.sqlite") as journal:
+        assert sum(t.result.status == "infeasible" for t in journal.trials()) == summary.infeasible
+        resumed = Search(onemax_space, RandomSearch(onemax_space, seed=0), again, objective, journal, budget=15,
+                         progress=False).run()
+    assert again.trained == [] and [a.key for a, _ in resumed.trials] == [a.key for a, _ in summary.trials]
