@@ -29,14 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.cost import count_macs, count_params  # noqa: E402
-from core.engine.report import table  # noqa: E402
-from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn  # noqa: E402
-from tasks.detection.data import collate, shapes  # noqa: E402
-from tasks.detection.metrics import coco_map, predict  # noqa: E402
-from tasks.detection.search import HitDetSearcher  # noqa: E402
-from tasks.detection.spaces import HitDetectorSpace, hit_detector_arch  # noqa: E402
-from tasks.detection.task import detection_loss, warmup_cosine  # noqa: E402
+from core.cost import count_macs, count_params
+from core.engine.report import table
+from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn
+from tasks.detection.data import collate, shapes
+from tasks.detection.metrics import coco_map, predict
+from tasks.detection.search import HitDetSearcher
+from tasks.detection.spaces import HitDetectorSpace, hit_detector_arch
+from tasks.detection.task import detection_loss, warmup_cosine
 
 PAPER = {"params": 27.12e6, "flops_800x1200": 272.3e9}
 
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
                                             min_size=size, max_size=size, **kw)
         grid.append((count_macs(model, example), wm, fpn))
     above = sorted(g for g in grid if g[0] >= searched_macs)
-    base_macs, wm, fpn = above[0] if above else max(grid)
+    _, wm, fpn = above[0] if above else max(grid)
     torch.manual_seed(args.seed)
     baseline = mobilenetv2_fpn_faster_rcnn(data.num_classes, wm, fpn_channels=fpn, representation=max(64, 4 * fpn),
                                            min_size=size, max_size=size, **kw)

@@ -43,7 +43,12 @@ def test_mmdet_registry_bridge_builds_from_an_mmdet_config_dict():
     pytest.importorskip("mmdet.registry", reason="mmdetection is not installed")
     from mmdet.registry import MODELS
 
-    from tasks.detection.mmdet_bridge import HitDetBackbone, HitDetPAFPN, build_from_cfg, released_in_channels
+    from tasks.detection.mmdet_bridge import (
+        HitDetBackbone,
+        HitDetPAFPN,
+        build_from_cfg,
+        released_in_channels,
+    )
 
     assert MODELS.module_dict["HitDetBackbone"] is HitDetBackbone
     assert MODELS.module_dict["HitDetPAFPN"] is HitDetPAFPN

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.engine.registry import ConfigError
-from tasks.detection.data import shapes, voc, coco
+from tasks.detection.data import coco, shapes, voc
 from tasks.detection.metrics import coco_map
 
 
