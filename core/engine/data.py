@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch.utils.data import Dataset
 
@@ -22,3 +24,9 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, int, int]
     class_names: list[str] = field(default_factory=list)
+
+
+def cache_dir(name: str) -> Path:
+    """Where generated default data is written once and reused: `$ARCHFORGE_DATA/<name>`
+    (default `~/.cache/archforge/<name>`)."""
+    return Path(os.environ.get("ARCHFORGE_DATA", Path.home() / ".cache" / "archforge")) / name

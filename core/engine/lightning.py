@@ -18,6 +18,34 @@ import lightning as L
 import torch
 from torch import nn
 
+from core.engine.registry import ConfigError
+
+
+def build_optimizer(params, cfg: dict[str, Any], nesterov: bool = False) -> torch.optim.Optimizer:
+    """The `train` section's optimizer (sgd, adam, adamw) over `params`; SGD is Nesterov when asked and momentum > 0."""
+    params = [p for p in params if p.requires_grad]
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                               nesterov=nesterov and cfg["momentum"] > 0)
+    if cfg["optimizer"] in ("adam", "adamw"):
+        cls = torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.AdamW
+        return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    raise ConfigError(f"train.optimizer: expected sgd, adam or adamw, got {cfg['optimizer']!r}")
+
+
+def with_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any], total_steps: int,
+                  lr_lambda: Callable[[int], float] | None = None):
+    """What `configure_optimizers` returns: `opt` alone (scheduler none), or with a per-step cosine schedule
+    (`lr_lambda(step)` instead of plain cosine, e.g. cosine after a warm-up)."""
+    if cfg["scheduler"] == "none":
+        return opt
+    if cfg["scheduler"] != "cosine":
+        raise ConfigError(f"train.scheduler: expected cosine or none, got {cfg['scheduler']!r}")
+    total = max(1, int(total_steps))
+    sched = (torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda) if lr_lambda is not None
+             else torch.optim.lr_scheduler.CosineAnnealingLR(opt, total))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
 
 class SupervisedModule(L.LightningModule):
     def __init__(self, model: nn.Module, loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
@@ -56,23 +84,8 @@ class SupervisedModule(L.LightningModule):
             self.log(f"val/{name}", total / max(self._val_n, 1), prog_bar=name == "accuracy", sync_dist=True)
 
     def configure_optimizers(self):
-        cfg = self.train_cfg
-        params = self.model.parameters()
-        if cfg["optimizer"] == "sgd":
-            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
-                                  nesterov=cfg["momentum"] > 0)
-        elif cfg["optimizer"] in ("adam", "adamw"):
-            cls = torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.AdamW
-            opt = cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        else:
-            raise ValueError(f"train.optimizer: expected sgd, adam or adamw, got {cfg['optimizer']!r}")
-        if cfg["scheduler"] == "none":
-            return opt
-        if cfg["scheduler"] != "cosine":
-            raise ValueError(f"train.scheduler: expected cosine or none, got {cfg['scheduler']!r}")
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = build_optimizer(self.model.parameters(), self.train_cfg, nesterov=True)
+        return with_schedule(opt, self.train_cfg, int(self.trainer.estimated_stepping_batches))
 
 
 def make_trainer(train_cfg: dict[str, Any], run_dir: Path, progress: bool = True) -> L.Trainer:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, cache_dir
 from core.engine.registry import DATASETS, ConfigError
 from core.engine.runs import atomic_write_text
 
@@ -285,7 +284,7 @@ def write_shapes_coco(root: str | Path, counts: dict[str, int], size: int = 128,
 
 
 def _default_cache() -> Path:
-    return Path(os.environ.get("ARCHFORGE_DATA", Path.home() / ".cache" / "archforge")) / "detection"
+    return cache_dir("detection")
 
 
 @DATASETS.register("shapes")

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.engine.data import DataSplits
-from core.engine.lightning import make_trainer
+from core.engine.lightning import build_optimizer, make_trainer, with_schedule
 from core.engine.registry import TASKS, ConfigError
 from core.engine.runs import atomic_write_text, write_json
 from core.engine.task import Task
@@ -86,23 +86,10 @@ class DetectionModule(L.LightningModule):
             self.log(f"val/{name}", value, prog_bar=name == "AP")
 
     def configure_optimizers(self):
-        cfg = self.train_cfg
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if cfg["optimizer"] == "sgd":
-            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-        elif cfg["optimizer"] in ("adam", "adamw"):
-            cls = torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.AdamW
-            opt = cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        else:
-            raise ConfigError(f"train.optimizer: expected sgd, adam or adamw, got {cfg['optimizer']!r}")
-        if cfg["scheduler"] == "none":
-            return opt
-        if cfg["scheduler"] != "cosine":
-            raise ConfigError(f"train.scheduler: expected cosine or none, got {cfg['scheduler']!r}")
+        opt = build_optimizer(self.model.parameters(), self.train_cfg)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup, ratio = min(self.warmup_steps, total // 2), self.warmup_ratio
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return with_schedule(opt, self.train_cfg, total, lambda s: warmup_cosine(s, total, warmup, ratio))
 
 
 @dataclass

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from core.engine.data import cache_dir
 
 VERSION = 1
 
@@ -82,7 +83,7 @@ def render(p: dict, size: int, rng: np.random.Generator, pose: float = 15.0, noi
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("ARCHFORGE_DATA", Path.home() / ".cache" / "archforge")) / "face_synthetic"
+    return cache_dir("face_synthetic")
 
 
 def make_synthetic(identities: int = 64, images_per_identity: int = 16, pairs: int = 300, image_size: int = 32,

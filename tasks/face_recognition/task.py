@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.engine.data import DataSplits
-from core.engine.lightning import make_trainer
+from core.engine.lightning import build_optimizer, make_trainer, with_schedule
 from core.engine.registry import TASKS, ConfigError
 from core.engine.task import Task
 from core.space import Arch, SearchSpace
@@ -136,22 +136,8 @@ class FaceModule(L.LightningModule):
         self.log("val/threshold", row["threshold"])
 
     def configure_optimizers(self):
-        cfg = self.train_cfg
-        params = list(self.model.parameters()) + list(self.head.parameters())
-        params = [p for p in params if p.requires_grad]
-        if cfg["optimizer"] == "sgd":
-            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-        elif cfg["optimizer"] in ("adam", "adamw"):
-            cls = torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.AdamW
-            opt = cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        else:
-            raise ConfigError(f"train.optimizer: expected sgd, adam or adamw, got {cfg['optimizer']!r}")
-        if cfg["scheduler"] == "none":
-            return opt
-        if cfg["scheduler"] != "cosine":
-            raise ConfigError(f"train.scheduler: expected cosine or none, got {cfg['scheduler']!r}")
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, int(self.trainer.estimated_stepping_batches)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = build_optimizer(list(self.model.parameters()) + list(self.head.parameters()), self.train_cfg)
+        return with_schedule(opt, self.train_cfg, int(self.trainer.estimated_stepping_batches))
 
 
 class EpochCheckpoints(L.Callback):

@@ -1,0 +1,221 @@
+"""The super-resolution task: L1 training with Lightning, Y-channel PSNR/SSIM testing with basicsr.
+
+Config section `super_resolution:` (the task's options):
+
+- `scale` (2, 3, 4): passed to the data and the space.
+- `cost_output` [H, W]: the output size params/MACs/latency are reported at
+  (default [720, 1280], the efficient-SR convention: MACs to make a 1280x720 image).
+- `side_by_side`: how many test images get a `LR bicubic | ours | HR` picture.
+- `save_images`: write every SR output as PNG.
+- `msrresnet` {num_feat, num_block}: the `msrresnet` baseline's size
+  (`msrresnet_budget` instead takes the largest one within the objective's
+  `macs <= X` constraint).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from core.engine.data import DataSplits
+from core.engine.registry import DATASETS, TASKS, ConfigError
+from core.engine.task import Task
+from core.space import Arch, SearchSpace
+from tasks.super_resolution._basicsr import imresize, imwrite
+from tasks.super_resolution.metrics import psnr_y, ssim_y, to_image
+from tasks.super_resolution.space import msrresnet_budget
+
+BASELINES = ("bicubic", "msrresnet", "msrresnet_budget")
+
+
+@dataclass
+class SROptions:
+    scale: int = 2
+    cost_output: list = field(default_factory=lambda: [720, 1280])
+    side_by_side: int = 3
+    save_images: bool = True
+    msrresnet: dict = field(default_factory=lambda: {"num_feat": 16, "num_block": 2})
+
+    def __post_init__(self):
+        if self.scale not in (2, 3, 4):
+            raise ConfigError(f"super_resolution.scale: expected 2, 3 or 4, got {self.scale!r}")
+        if len(self.cost_output) != 2 or any(int(v) % self.scale for v in self.cost_output):
+            raise ConfigError(f"super_resolution.cost_output: expected [H, W] divisible by the scale "
+                              f"{self.scale}, got {self.cost_output!r}")
+        if set(self.msrresnet) != {"num_feat", "num_block"}:
+            raise ConfigError(f"super_resolution.msrresnet: expected {{num_feat, num_block}}, got {self.msrresnet!r}")
+
+
+def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(output, target)
+
+
+def side_by_side(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, scale: int, gap: int = 4) -> np.ndarray:
+    """`LR bicubic | ours | HR` as one 8-bit BGR image (bicubic by MATLAB-compatible imresize)."""
+    bicubic = imresize(lr.detach().float().cpu(), scale).clamp(0, 1)
+    panels = [to_image(t) for t in (bicubic, sr, hr)]
+    h = min(p.shape[0] for p in panels)
+    w = min(p.shape[1] for p in panels)
+    white = np.full((h, gap, 3), 255, np.uint8)
+    row = []
+    for p in panels:
+        row += [p[:h, :w], white]
+    return np.concatenate(row[:-1], axis=1)
+
+
+@TASKS.register("super_resolution")
+class SuperResolutionTask(Task):
+    name = "super_resolution"
+    table_metrics = ("psnr", "ssim")
+    Options = SROptions
+
+    @property
+    def scale(self) -> int:
+        return self.options.scale
+
+    # -- components ------------------------------------------------------------------------------
+    def data(self) -> DataSplits:
+        section = self.cfg.get("data")
+        if not section:
+            raise ConfigError("data: missing section; e.g. data: {name: sr_embedded}")
+        if "scale" in section and section["scale"] != self.scale:
+            raise ConfigError(f"data.scale: {section['scale']!r} differs from super_resolution.scale={self.scale}; "
+                              "set the scale once, in super_resolution.scale")
+        splits = DATASETS.build({k: v for k, v in section.items() if k != "scale"}, "data", scale=self.scale)
+        splits.input_shape = tuple(self.example_input(splits).shape[1:])  # the LR input at the cost_output size
+        return splits
+
+    def space_overrides(self, data: DataSplits) -> dict[str, Any]:
+        return {"scale": self.scale, "cost_output": [int(v) for v in self.options.cost_output]}
+
+    def space(self, data: DataSplits) -> SearchSpace:
+        section = self.cfg.get("space") or {}
+        if "scale" in section and section["scale"] != self.scale:
+            raise ConfigError(f"space.scale: {section['scale']!r} differs from super_resolution.scale={self.scale}")
+        if "cost_output" in section:
+            raise ConfigError("space.cost_output: set it once, in super_resolution.cost_output")
+        return super().space(data)
+
+    def example_input(self, data: DataSplits) -> torch.Tensor:
+        h, w = (int(v) // self.scale for v in self.options.cost_output)
+        return torch.zeros(1, 3, h, w)
+
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+        if name == "bicubic":
+            return Arch({"baseline": "bicubic"})
+        if name == "msrresnet":
+            return Arch({"baseline": "msrresnet", **{k: int(v) for k, v in self.options.msrresnet.items()}})
+        if name == "msrresnet_budget":
+            from core.objective import Constraint
+
+            bounds = [Constraint.parse(c).bound for c in self.cfg.get("objective", {}).get("constraints", [])
+                      if Constraint.parse(c).metric == "macs"]
+            if not bounds:
+                raise ConfigError("retrain.baselines: 'msrresnet_budget' needs a 'macs <= N' constraint in "
+                                  "objective.constraints")
+            return msrresnet_budget(self.scale, min(bounds), tuple(int(v) for v in self.options.cost_output))
+        raise ConfigError(f"retrain.baselines: unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+
+    # -- training ---------------------------------------------------------------------------------
+    def batch_metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        values = [psnr_y(o.clamp(0, 1), t, self.scale) for o, t in zip(output, target)]
+        return {"psnr": float(np.mean(values))}
+
+    def train(self, model: nn.Module, data: DataSplits, run_dir: Path, progress: bool = True) -> dict[str, float]:
+        """L1 training with Lightning (`train` section: epochs, batch_size, optimizer adam, lr, scheduler)."""
+        from core.engine.lightning import SupervisedModule, make_trainer
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not any(p.requires_grad for p in model.parameters()):
+            return {}  # bicubic: nothing to train
+        cfg = self.cfg["train"]
+        random.seed(self.cfg["seed"])  # basicsr's crops and flips
+        g = torch.Generator().manual_seed(self.cfg["seed"])
+        train_loader = DataLoader(data.train, batch_size=cfg["batch_size"], shuffle=True, generator=g,
+                                  num_workers=cfg["num_workers"])
+        val_loader = DataLoader(data.val, batch_size=1, shuffle=False)
+        module = SupervisedModule(model, l1_loss, self.batch_metrics, cfg)
+        trainer = make_trainer(cfg, run_dir, progress=progress)
+        trainer.fit(module, train_loader, val_loader)
+        return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    # -- testing -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def test(self, model: nn.Module, data: DataSplits, run_dir: Path | None = None) -> dict[str, float]:
+        """Per image: SR PNG, Y-PSNR/SSIM (CSV), and the first `side_by_side` comparison pictures."""
+        from core.engine.report import write_csv
+
+        model.eval()
+        ds, rows = data.test, []
+        names = getattr(ds, "names", [str(i) for i in range(len(ds))])
+        for i in range(len(ds)):
+            lr, hr = ds[i]
+            sr = model(lr[None])[0].clamp(0, 1)
+            name = names[i]
+            set_name, image = name.split("/", 1) if "/" in name else ("test", name)
+            rows.append({"set": set_name, "image": image, "psnr": psnr_y(sr, hr, self.scale),
+                         "ssim": ssim_y(sr, hr, self.scale)})
+            if run_dir is not None:
+                if self.options.save_images:
+                    imwrite(to_image(sr), str(Path(run_dir) / "sr_images" / set_name / f"{image}.png"))
+                if i < self.options.side_by_side:
+                    imwrite(side_by_side(lr, sr, hr, self.scale),
+                            str(Path(run_dir) / "side_by_side" / f"{set_name}_{image}.png"))
+        if run_dir is not None:
+            write_csv(Path(run_dir) / "sr_metrics.csv", rows, ["set", "image", "psnr", "ssim"])
+        out = {"psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows]))}
+        sets = list(dict.fromkeys(r["set"] for r in rows))
+        if len(sets) > 1:
+            for s in sets:
+                out[f"{s}_psnr"] = float(np.mean([r["psnr"] for r in rows if r["set"] == s]))
+                out[f"{s}_ssim"] = float(np.mean([r["ssim"] for r in rows if r["set"] == s]))
+        return out
+
+
+
+
+
+def train_steps(model: nn.Module, dataset, steps: int, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
+                min_lr_ratio: float = 0.01, progress: bool = False, desc: str = "train") -> list[float]:
+    """A plain L1 training loop (Adam, cosine to `min_lr_ratio * lr` over `steps`) for tests and benchmarks,
+    where building a Lightning Trainer costs more than the training; returns the per-step losses."""
+    from tqdm.auto import tqdm
+
+    from core.strategies.spos import _progress_enabled
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return []
+    random.seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * min_lr_ratio)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size,
+                        generator=torch.Generator().manual_seed(seed))
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not _progress_enabled(progress), dynamic_ncols=True)
+    while len(losses) < steps:
+        for lr_img, hr_img in loader:
+            loss = F.l1_loss(model(lr_img), hr_img)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(1)
+            if len(losses) >= steps:
+                break
+    bar.close()
+    model.eval()
+    return losses
+__all__ = ["SuperResolutionTask", "SROptions", "side_by_side", "l1_loss", "train_steps", "BASELINES"]
