@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= test,export
+EXTRAS ?= test,export,detection,mmdet,sr,face
 
 .PHONY: demo test install clean bench
 
