@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -30,3 +31,10 @@ def cache_dir(name: str) -> Path:
     """Where generated default data is written once and reused: `$ARCHFORGE_DATA/<name>`
     (default `~/.cache/archforge/<name>`)."""
     return Path(os.environ.get("ARCHFORGE_DATA", Path.home() / ".cache" / "archforge")) / name
+
+
+def cycle(loader: Iterable) -> Iterator:
+    """Batches of `loader` without end, a new pass (and shuffle) each time round (DARTS-style search
+    draws validation batches this way)."""
+    while True:
+        yield from loader

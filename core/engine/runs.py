@@ -53,27 +53,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def save_epoch_state(path: str | Path, fmt: str, space: Any, epoch: int, history: list, **stateful: Any) -> None:
-    """A searcher's state after `epoch` epochs: every object with a `state_dict` (model, optimizers, scheduler)."""
+def save_epoch_state(path: str | Path, fmt: str, space: Any, epoch: int, history: list,
+                     extra: dict[str, Any] | None = None, **stateful: Any) -> None:
+    """A searcher's state after `epoch` epochs: every object with a `state_dict` (model, optimizers, scheduler),
+    plus `extra` plain values (a penalty weight, screened candidates)."""
     save_checkpoint(path, {"format": fmt, "space": type(space).__name__, "epoch": epoch, "history": history,
-                           **{name: obj.state_dict() for name, obj in stateful.items()}})
+                           **(extra or {}), **{name: obj.state_dict() for name, obj in stateful.items()}})
 
 
 def resume_epoch_state(path: str | Path | None, fmt: str, space: Any, what: str, epochs: int,
-                       **stateful: Any) -> tuple[int, list]:
-    """Load what `save_epoch_state` wrote into `stateful`; (epoch to start at, history). (0, []) without a file.
+                       **stateful: Any) -> tuple[int, list, dict[str, Any]]:
+    """Load what `save_epoch_state` wrote into `stateful`; (epoch to start at, history, the whole payload for
+    extra values). (0, [], {}) without a file.
 
     A file of another format or space is refused with the path, rather than silently trained over.
     """
     if not (path and Path(path).is_file()):
-        return 0, []
+        return 0, [], {}
     payload = load_checkpoint(path)
     if payload.get("format") != fmt or payload.get("space") != type(space).__name__:
         raise ValueError(f"strategy.checkpoint: {path} is not a {what} checkpoint of {type(space).__name__}; "
                          f"use another path")
     for name, obj in stateful.items():
         obj.load_state_dict(payload[name])
-    return min(int(payload["epoch"]), epochs), [dict(row) for row in payload.get("history", [])]
+    return min(int(payload["epoch"]), epochs), [dict(row) for row in payload.get("history", [])], payload
 
 
 def make_run_dir(cfg: dict[str, Any], kind: str) -> Path:

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 import core.space.sparsestmax  # noqa: F401 - registers the sparsestmax and sparsemax relaxations
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, cycle
 from core.engine.registry import STRATEGIES
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.evaluation.train import classification_loss
@@ -77,11 +77,6 @@ from core.strategies.spos import _progress_enabled, build_supernet
 
 CHECKPOINT_FORMAT = "archforge-darts-1"
 RELAXATION_NAMES = ("softmax", "gumbel", "sparsestmax", "sparsemax")
-
-
-def _cycle(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
 
 
 @STRATEGIES.register("darts")
@@ -247,7 +242,7 @@ class DartsSearcher:
         w_opt = torch.optim.SGD(weights, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         a_opt = torch.optim.Adam(alphas, lr=self.arch_lr, betas=self.arch_betas, weight_decay=self.arch_weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.epochs, eta_min=self.lr_min)
-        start_epoch, history = resume_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, "DARTS", self.epochs,
+        start_epoch, history, _ = resume_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, "DARTS", self.epochs,
                                                   state_dict=model, w_opt=w_opt, a_opt=a_opt, scheduler=scheduler)
         self.history = history or self.history
 
@@ -283,7 +278,7 @@ class DartsSearcher:
         torch.manual_seed(seed)
         train_loader = DataLoader(train_half, batch_size=self.batch_size, shuffle=True,
                                   generator=torch.Generator().manual_seed(seed))
-        val_batches = _cycle(DataLoader(val_half, batch_size=self.batch_size, shuffle=True,
+        val_batches = cycle(DataLoader(val_half, batch_size=self.batch_size, shuffle=True,
                                         generator=torch.Generator().manual_seed(seed + 1)))
         model.train()
         started = time.perf_counter()

@@ -137,7 +137,7 @@ class OrderedDropoutTrainer:
         optimizer = torch.optim.SGD(supernet.parameters(), lr=self.lr, momentum=self.momentum,
                                     weight_decay=self.weight_decay, nesterov=self.momentum > 0)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, self.epochs * steps))
-        start, history = resume_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, "NetAdaptV2 super-network",
+        start, history, _ = resume_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, "NetAdaptV2 super-network",
                                             self.epochs, state_dict=supernet, optimizer=optimizer, scheduler=scheduler)
         self.history = history or self.history
         bar = tqdm(total=self.epochs * steps, initial=start * steps, desc="NetAdaptV2 super-network", unit="step",

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +42,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from core.cost import count_macs
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, cycle
 from core.engine.registry import STRATEGIES, ConfigError
-from core.engine.runs import load_checkpoint, save_checkpoint
+from core.engine.runs import load_checkpoint, resume_epoch_state, save_epoch_state
 from core.objective import Objective
 from core.space import (
     Arch,
@@ -100,11 +99,6 @@ def candidate_costs(model: nn.Module, image_size: int, proposals: int | None = N
         scale = proposals if is_roi else shape[0]
         costs[name] = torch.tensor([float(v) * scale for v in per])
     return costs
-
-
-def _cycle(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
 
 
 @STRATEGIES.register("hitdet")
@@ -201,7 +195,10 @@ class HitDetSearcher:
         steps = math.ceil(len(train_half) / self.batch_size)
         steps = min(steps, self.steps_per_epoch) if self.steps_per_epoch else steps
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.epochs * steps)
-        start_epoch = self._resume(model, w_opt, a_opt, scheduler)
+        start_epoch, history, _ = resume_epoch_state(
+            self.checkpoint, CHECKPOINT_FORMAT, self.space, "Hit-Detector search", self.epochs,
+            state_dict=model, w_opt=w_opt, a_opt=a_opt, scheduler=scheduler)
+        self.history = history or self.history
         bar = tqdm(total=self.epochs * steps, initial=start_epoch * steps, desc="Hit-Detector search", unit="step",
                    disable=not _progress_enabled(self.progress), dynamic_ncols=True)
         for epoch in range(start_epoch, self.epochs):
@@ -209,10 +206,9 @@ class HitDetSearcher:
                               bar)
             self.history.append(row)
             if self.checkpoint:
-                save_checkpoint(self.checkpoint, {
-                    "format": CHECKPOINT_FORMAT, "space": type(self.space).__name__, "epoch": epoch + 1,
-                    "state_dict": model.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                    "scheduler": scheduler.state_dict(), "history": self.history, "screened": self.screened})
+                save_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, epoch + 1, self.history,
+                                 {"screened": self.screened}, state_dict=model, w_opt=w_opt, a_opt=a_opt,
+                                 scheduler=scheduler)
         bar.close()
         model.eval()
         self.arch = self.derive(model)
@@ -239,25 +235,12 @@ class HitDetSearcher:
         self.screening_report = {c: {"kept": d["kept"], "removed": d["removed"], "seconds": d["seconds"]}
                                  for c, d in result["details"].items()}
 
-    def _resume(self, model, w_opt, a_opt, scheduler) -> int:
-        if not (self.checkpoint and self.checkpoint.is_file()):
-            return 0
-        payload = load_checkpoint(self.checkpoint)
-        if payload.get("format") != CHECKPOINT_FORMAT or payload.get("space") != type(self.space).__name__:
-            raise ValueError(f"strategy.checkpoint: {self.checkpoint} is not a Hit-Detector search checkpoint")
-        model.load_state_dict(payload["state_dict"])
-        w_opt.load_state_dict(payload["w_opt"])
-        a_opt.load_state_dict(payload["a_opt"])
-        scheduler.load_state_dict(payload["scheduler"])
-        self.history = [dict(row) for row in payload.get("history", [])]
-        return min(int(payload["epoch"]), self.epochs)
-
     def _epoch(self, model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, scheduler, bar):
         seed = self.seed * 1_000_003 + epoch
         torch.manual_seed(seed)
-        train_batches = _cycle(DataLoader(train_half, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
+        train_batches = cycle(DataLoader(train_half, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
                                           generator=torch.Generator().manual_seed(seed)))
-        val_batches = _cycle(DataLoader(val_half, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
+        val_batches = cycle(DataLoader(val_half, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
                                         generator=torch.Generator().manual_seed(seed + 1)))
         model.train()
         started = time.perf_counter()

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +60,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, cycle
 from core.engine.registry import STRATEGIES, ConfigError
-from core.engine.runs import load_checkpoint, save_checkpoint
+from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.objective import Objective
 from core.space import Arch, SearchSpace
 from core.space.sparsestmax import order_loss
@@ -71,11 +70,6 @@ from core.strategies.spos import _progress_enabled
 from tasks.super_resolution.supernet import RELAXATIONS, TrilevelSupernet
 
 CHECKPOINT_FORMAT = "archforge-trilevel-1"
-
-
-def _cycle(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
 
 
 def macs_target_from(objective: Objective | None) -> float | None:
@@ -240,7 +234,11 @@ class TrilevelSearcher:
         w_opt = torch.optim.Adam(weights, lr=self.lr)
         a_opt = torch.optim.Adam(alphas, lr=self.arch_lr, betas=self.arch_betas, weight_decay=self.arch_weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(w_opt, self.lr_milestones, gamma=0.5)
-        start = self._resume(model, w_opt, a_opt, scheduler)
+        start, history, payload = resume_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, "trilevel",
+                                                     self.epochs, state_dict=model, w_opt=w_opt, a_opt=a_opt,
+                                                     scheduler=scheduler)
+        self.history = history or self.history
+        self.macs_weight = float(payload.get("macs_weight", self.macs_weight))
 
         train_half, val_half = self._halves(data.train)
         steps = math.ceil(len(train_half) / self.batch_size)
@@ -254,28 +252,13 @@ class TrilevelSearcher:
             row["macs_weight_next"] = self.macs_weight
             self.history.append(row)
             if self.checkpoint:
-                save_checkpoint(self.checkpoint, {
-                    "format": CHECKPOINT_FORMAT, "space": type(self.space).__name__, "epoch": epoch + 1,
-                    "state_dict": model.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                    "scheduler": scheduler.state_dict(), "history": self.history, "macs_weight": self.macs_weight})
+                save_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, epoch + 1, self.history,
+                                 {"macs_weight": self.macs_weight}, state_dict=model, w_opt=w_opt, a_opt=a_opt,
+                                 scheduler=scheduler)
         bar.close()
         model.eval()
         self.arch = self.derive(model)
         return self.arch
-
-    def _resume(self, model, w_opt, a_opt, scheduler) -> int:
-        if not (self.checkpoint and self.checkpoint.is_file()):
-            return 0
-        payload = load_checkpoint(self.checkpoint)
-        if payload.get("format") != CHECKPOINT_FORMAT or payload.get("space") != type(self.space).__name__:
-            raise ValueError(f"strategy.checkpoint: {self.checkpoint} is not a trilevel checkpoint; use another path")
-        model.load_state_dict(payload["state_dict"])
-        w_opt.load_state_dict(payload["w_opt"])
-        a_opt.load_state_dict(payload["a_opt"])
-        scheduler.load_state_dict(payload["scheduler"])
-        self.history = [dict(row) for row in payload.get("history", [])]
-        self.macs_weight = float(payload.get("macs_weight", self.macs_weight))
-        return min(int(payload["epoch"]), self.epochs)
 
     def _epoch(self, model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, bar) -> dict:
         import random
@@ -285,7 +268,7 @@ class TrilevelSearcher:
         random.seed(seed)  # basicsr's crops and flips
         train_loader = DataLoader(train_half, batch_size=self.batch_size, shuffle=True,
                                   generator=torch.Generator().manual_seed(seed))
-        val_batches = _cycle(DataLoader(val_half, batch_size=self.batch_size, shuffle=True,
+        val_batches = cycle(DataLoader(val_half, batch_size=self.batch_size, shuffle=True,
                                         generator=torch.Generator().manual_seed(seed + 1)))
         warmup = epoch < self.warmup_epochs
         model.train()
