@@ -74,7 +74,7 @@ from core.strategies.spos import train_supernet  # noqa: E402
 from tasks.classification.data import digits  # noqa: E402
 
 BATCH = 64
-SPOS_LR = 0.1  # the documented cell201 SPOS example (docs/drafts/weight_sharing_supernets.md)
+SPOS_LR = 0.1  # the documented cell201 SPOS example (docs/weight_sharing.md)
 
 
 def tau(score, truth) -> float:

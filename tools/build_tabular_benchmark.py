@@ -252,7 +252,7 @@ def write_table(path: Path, rows: list[dict], recipe: dict, build: dict) -> None
 
 
 def summary(path: Path) -> str:
-    """The accuracy distribution of a built table (what docs/drafts/tabular.md quotes)."""
+    """The accuracy distribution of a built table (what docs/strategies.md (the tabular benchmark) quotes)."""
     import numpy as np
     from scipy.stats import kendalltau
 

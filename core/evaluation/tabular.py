@@ -7,7 +7,7 @@ cell space once with one recipe, record the per-epoch curves, and let
 strategies query the table. The suite ships such a table for the `cell201`
 space on the embedded digits data (`core/data/cell201_digits.json.gz`, built
 by `tools/build_tabular_benchmark.py`; recipe and build time in its `meta`
-and in `docs/drafts/tabular.md`).
+and in `docs/strategies.md (the tabular benchmark)`).
 
 The table holds every arch trained with two seeds; `evaluate(arch)` returns
 the mean accuracy over the seeds after `epoch` epochs (default: the last;

@@ -54,7 +54,7 @@ Our choices:
   and graphs) are averaged.
 - Defaults were set on the shipped tabular benchmark (cell201 on digits):
   Kendall tau 0.55 on held-out archs with 100 labelled, against 0.46 for
-  `MLPPredictor` (docs/drafts/strategies_pnas_assessor.md).
+  `MLPPredictor` (docs/strategies.md).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ network C=16, 8 cells (`DartsSpace.supernet()` defaults). On tiny data
 (scikit-learn's 8x8 digits, ~1,000 training images, so ~8 steps per epoch
 per half) the architecture barely moves at lr 3e-4 in a few epochs; a
 workable scaled-down recipe is `supernet: {C: 8, layers: 5}`, `epochs: 20`,
-`arch_lr: 3e-3` (docs/drafts/weight_sharing_supernets.md).
+`arch_lr: 3e-3` (docs/weight_sharing.md).
 
 Relaxations: `softmax` (the paper), `gumbel` (Gumbel-softmax; its
 temperature anneals linearly per epoch from `temperature[0]` to

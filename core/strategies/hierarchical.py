@@ -51,7 +51,7 @@ benchmark the 3-epoch accuracy says little about the 10-epoch one (Spearman
 about 0.3), so the paper's 3 segments do worse than random search there at
 the same epoch budget, while 2 segments (5/10 epochs, Spearman about 0.7)
 do as well or better; on a landscape whose proxy is reliable it wins
-clearly (numbers in docs/drafts/strategies_tpe_nsga_econas.md).
+clearly (numbers in docs/strategies.md).
 
 Deviations: the official `train.py` keeps only the weights between segments
 (a fresh SGD optimizer whose learning rate follows the cosine schedule);

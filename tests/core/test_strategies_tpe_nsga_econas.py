@@ -7,7 +7,7 @@ block of tied archs that random search reaches in a median of 15-25
 queries, which leaves no margin to assert; so "beats random" is asserted on
 a synthetic landscape with exploitable structure, and the table runs check
 that each strategy lands in the top 5% in most seeds. The measured
-comparisons on the table are in docs/drafts/strategies_tpe_nsga_econas.md.
+comparisons on the table are in docs/strategies.md.
 """
 
 import math

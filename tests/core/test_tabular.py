@@ -180,7 +180,7 @@ def test_table_is_informative(tab):
     assert dead < 0.2
     # the best arch is better on test too than the median arch is
     assert tab.value(tab.best(), "test") > float(np.median(tab.values("test")))
-    # validation and test rank the archs alike (the recipe was chosen for that, docs/drafts/tabular.md)
+    # validation and test rank the archs alike (the recipe was chosen for that, docs/strategies.md (the tabular benchmark))
     assert kendalltau(tab.values("val"), tab.values("test"))[0] > 0.7
 
 
