@@ -36,7 +36,8 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            code = archforge(["search", args.config, f"seed={seed}", f"run.dir={tmp}", *args.overrides, "--no-progress"])
+            code = archforge(["search", args.config, f"seed={seed}", f"run.dir={tmp}",
+                              "retrain.baselines=[mobilenetv2_budget,mobilenetv2]", *args.overrides, "--no-progress"])
             if code != 0:
                 raise SystemExit(f"seed {seed}: archforge search exited {code}")
             metrics = sorted(Path(tmp).glob("*/*-search/metrics.json"), key=lambda p: p.stat().st_mtime)[-1]
