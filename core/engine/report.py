@@ -71,9 +71,16 @@ def pareto_plot(path: str | Path, all_points: Sequence[tuple[float, float]], fro
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, dpi: int | None = None) -> None:
+    """Write a matplotlib figure atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    tmp = Path(path).with_suffix(".tmp" + Path(path).suffix)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(path)

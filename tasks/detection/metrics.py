@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from core.engine.report import save_figure
 from core.engine.runs import atomic_write_text
 
 #: COCOeval.stats order
@@ -100,12 +101,7 @@ def draw_grid(path: str | Path, dataset, records: Sequence[dict[str, Any]], coun
                     fontsize=6, va="bottom", bbox={"facecolor": "red", "alpha": 0.6, "pad": 0.5, "lw": 0})
         ax.set_title(f"image {image_id}", fontsize=7)
     fig.suptitle(f"detections (red, score >= {score_threshold}) and ground truth (green)", fontsize=9)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 __all__ = ["METRIC_NAMES", "coco_map", "draw_grid", "map_table", "predict", "write_detections"]

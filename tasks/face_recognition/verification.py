@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.engine.report import save_figure
+
 THRESHOLDS = np.arange(0, 4, 0.01)
 
 
@@ -178,10 +180,7 @@ def roc_plot(path: str | Path, curves: dict[str, tuple[np.ndarray, Sequence[bool
     ax.set_ylabel("true accept rate")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 __all__ = [
