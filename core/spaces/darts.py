@@ -422,21 +422,29 @@ def _edge_list(steps: int) -> list[tuple[int, int]]:
 
 
 class SearchCell(nn.Module):
-    """A cell holding every op on every edge; each edge is a `ChoiceModule` named `{cell}.edge{k}`."""
+    """A cell holding every op on every edge; each edge is a `ChoiceModule` named `{cell}.edge{k}`.
+
+    Spaces with another op set (PocketNet's face ops) subclass it and set `op_factory`
+    (`(op, C, stride, search=True) -> nn.Module`) and the two input preprocessors.
+    """
+
+    op_factory = staticmethod(make_op)
+    reduce_preprocess = FactorizedReduce   # (C_in, C_out, affine=False), for a stride-2 previous cell
+    conv_preprocess = ReLUConvBN           # (C_in, C_out, kernel, stride, padding, affine=False)
 
     def __init__(self, cell_type: str, ops: Sequence[str], steps: int, C_prev_prev: int, C_prev: int, C: int,
                  reduction: bool, reduction_prev: bool):
         super().__init__()
         self.reduction = reduction
-        self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev else \
-            ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.preprocess0 = self.reduce_preprocess(C_prev_prev, C, affine=False) if reduction_prev else \
+            self.conv_preprocess(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = self.conv_preprocess(C_prev, C, 1, 1, 0, affine=False)
         self._steps = steps
         self._ops = nn.ModuleList()
         for k, (_, j) in enumerate(_edge_list(steps)):
             stride = 2 if reduction and j < 2 else 1
             choice = Choice(f"{cell_type}.edge{k}", tuple(ops))
-            self._ops.append(ChoiceModule(choice, [make_op(op, C, stride, search=True) for op in ops]))
+            self._ops.append(ChoiceModule(choice, [self.op_factory(op, C, stride, search=True) for op in ops]))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]

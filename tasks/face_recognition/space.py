@@ -35,13 +35,13 @@ import torch
 from torch import nn
 
 from core.engine.registry import SPACES
-from core.space import Arch, Choice, ChoiceModule, SearchSpace, set_mixture
+from core.space import Arch, SearchSpace, set_mixture
 from core.space.modules import choice_modules
 from core.spaces.darts import (
     CELL_TYPES,
     DartsSpace,
     Genotype,
-    _edge_list,
+    SearchCell,
     arch_to_genotype,
     genotype_to_arch,
     make_genotype,
@@ -207,30 +207,12 @@ def pocketnet(name: str = "PocketNetS-128", input_size: int = 112, genotype: Gen
 # Search network (official `DART/models/search_cnn.py`, `search_cells.py`)
 # ---------------------------------------------------------------------------
 
-class FaceSearchCell(nn.Module):
+class FaceSearchCell(SearchCell):
     """Every face op on every edge; edge k is a `ChoiceModule` named `{cell}.edge{k}` as in the DARTS space."""
 
-    def __init__(self, cell_type: str, ops: Sequence[str], steps: int, C_prev_prev: int, C_prev: int, C: int,
-                 reduction: bool, reduction_prev: bool):
-        super().__init__()
-        self.reduction = reduction
-        self.preproc0 = FaceFactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev else \
-            StdConv(C_prev_prev, C, 1, 1, 0, affine=False)
-        self.preproc1 = StdConv(C_prev, C, 1, 1, 0, affine=False)
-        self._steps = steps
-        self.ops = nn.ModuleList()
-        for k, (_, j) in enumerate(_edge_list(steps)):
-            stride = 2 if reduction and j < 2 else 1
-            self.ops.append(ChoiceModule(Choice(f"{cell_type}.edge{k}", tuple(ops)),
-                                         [make_face_op(op, C, stride, search=True) for op in ops]))
-
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        states = [self.preproc0(s0), self.preproc1(s1)]
-        offset = 0
-        for _ in range(self._steps):
-            states.append(sum(self.ops[offset + j](h) for j, h in enumerate(states)))
-            offset += len(states) - 1
-        return torch.cat(states[2:], dim=1)
+    op_factory = staticmethod(make_face_op)
+    reduce_preprocess = FaceFactorizedReduce
+    conv_preprocess = StdConv
 
 
 class FaceSearchNetwork(nn.Module):
