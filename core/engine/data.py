@@ -38,3 +38,17 @@ def cycle(loader: Iterable) -> Iterator:
     draws validation batches this way)."""
     while True:
         yield from loader
+
+
+def split_indices(n: int, portion: float, seed: int, what: str = "samples") -> tuple[list[int], list[int]]:
+    """A seeded random split of range(n) into `portion` and the rest: the weight and architecture halves of a
+    DARTS-style search. Raises ValueError naming `strategy.train_portion` when either side would be empty."""
+    import math
+
+    import torch
+
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    split = int(math.floor(portion * n))
+    if split < 1 or split >= n:
+        raise ValueError(f"strategy.train_portion={portion} leaves an empty half of {n} {what}")
+    return order[:split], order[split:]

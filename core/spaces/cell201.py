@@ -43,7 +43,7 @@ from torch import nn
 
 from core.engine.registry import SPACES
 from core.space import Arch, Choice, ChoiceModule, SearchSpace
-from core.spaces.darts import ReLUConvBN  # ReLU -> conv -> BN, NAS-Bench-201's nor_conv_kxk
+from core.spaces.darts import ReLUConvBN, check_op_names  # ReLUConvBN: NAS-Bench-201's nor_conv_kxk
 
 ALL_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 """The five NAS-Bench-201 ops, in the official order."""
@@ -161,19 +161,6 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-def _check_ops(ops: Sequence[str] | None) -> tuple[str, ...]:
-    if ops is None:
-        return DEFAULT_OPS
-    if isinstance(ops, str) or not ops:
-        raise ValueError(f"ops: expected a non-empty list of op names from {list(ALL_OPS)}, got {ops!r}")
-    unknown = [op for op in ops if op not in OPS]
-    if unknown:
-        raise ValueError(f"ops: unknown op(s) {unknown}; known: {list(ALL_OPS)}")
-    if len(set(ops)) != len(ops):
-        raise ValueError(f"ops: repeated op names in {list(ops)}")
-    return tuple(ops)
-
-
 class Cell201Space(SearchSpace):
     """NAS-Bench-201-style cells (Dong & Yang, ICLR 2020): one op per edge of a 4-node DAG.
 
@@ -188,7 +175,7 @@ class Cell201Space(SearchSpace):
         self.N = _positive_int("N", N)
         self.num_classes = _positive_int("num_classes", num_classes)
         self.in_channels = _positive_int("in_channels", in_channels)
-        self.ops = _check_ops(ops)
+        self.ops = check_op_names(ops, DEFAULT_OPS, OPS, need_besides_none=False)
         default = "nor_conv_3x3" if "nor_conv_3x3" in self.ops else self.ops[-1]
         super().__init__([Choice(name, self.ops, default=default) for name in EDGE_NAMES])
 

@@ -545,18 +545,22 @@ def derive_genotype(supernet: nn.Module) -> Genotype:
 # The space
 # ---------------------------------------------------------------------------
 
-def _check_ops(ops: Sequence[str] | None) -> tuple[str, ...]:
+def check_op_names(ops: Sequence[str] | None, default: Sequence[str], known: Mapping | Sequence[str],
+                   need_besides_none: bool = True, key: str = "ops") -> tuple[str, ...]:
+    """A cell space's op list from a config: `default` when None; else distinct names from `known`
+    (and, for cells that sum their edges, at least one besides `none`). Errors name `key` and the options."""
     if ops is None:
-        return PRIMITIVES
+        return tuple(default)
+    listed = list(default) + [op for op in known if op not in default]
     if isinstance(ops, str) or not ops:
-        raise ValueError(f"ops: expected a non-empty list of op names from {list(PRIMITIVES)}, got {ops!r}")
-    unknown = [op for op in ops if op not in OPS]
+        raise ValueError(f"{key}: expected a non-empty list of op names from {listed}, got {ops!r}")
+    unknown = [op for op in ops if op not in known]
     if unknown:
-        raise ValueError(f"ops: unknown op(s) {unknown}; known: {list(PRIMITIVES)}")
+        raise ValueError(f"{key}: unknown op(s) {unknown}; known: {listed}")
     if len(set(ops)) != len(ops):
-        raise ValueError(f"ops: repeated op names in {list(ops)}")
-    if set(ops) == {"none"}:
-        raise ValueError("ops: need at least one op besides 'none'")
+        raise ValueError(f"{key}: repeated op names in {list(ops)}")
+    if need_besides_none and set(ops) == {"none"}:
+        raise ValueError(f"{key}: need at least one op besides 'none'")
     return tuple(ops)
 
 
@@ -590,7 +594,7 @@ class DartsSpace(SearchSpace):
             raise ValueError(f"drop_path_prob: expected a probability in [0, 1), got {drop_path_prob!r}")
         self.auxiliary = bool(auxiliary)
         self.drop_path_prob = float(drop_path_prob)
-        self.ops = _check_ops(ops)
+        self.ops = check_op_names(ops, PRIMITIVES, OPS)
         super().__init__(self._make_choices())
 
     def _make_choices(self) -> list[Choice]:

@@ -66,7 +66,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 import core.space.sparsestmax  # noqa: F401 - registers the sparsestmax and sparsemax relaxations
-from core.engine.data import DataSplits, cycle
+from core.engine.data import DataSplits, cycle, split_indices
 from core.engine.registry import STRATEGIES
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.evaluation.train import classification_loss
@@ -153,12 +153,8 @@ class DartsSearcher:
 
     # -- data ---------------------------------------------------------------------------------------
     def _halves(self, data: DataSplits) -> tuple[Subset, Subset]:
-        n = len(data.train)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        split = int(math.floor(self.train_portion * n))
-        if split < 1 or split >= n:
-            raise ValueError(f"strategy.train_portion={self.train_portion} leaves an empty half of {n} samples")
-        return Subset(data.train, order[:split]), Subset(data.train, order[split:])
+        first, second = split_indices(len(data.train), self.train_portion, self.seed, "samples")
+        return Subset(data.train, first), Subset(data.train, second)
 
     # -- the two gradients -------------------------------------------------------------------------
     def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

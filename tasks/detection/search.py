@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from core.cost import count_macs
-from core.engine.data import DataSplits, cycle
+from core.engine.data import DataSplits, cycle, split_indices
 from core.engine.registry import STRATEGIES, ConfigError
 from core.engine.runs import load_checkpoint, resume_epoch_state, save_epoch_state
 from core.objective import Objective
@@ -166,12 +166,8 @@ class HitDetSearcher:
 
     # -- data ---------------------------------------------------------------------------------------
     def _halves(self, data: DataSplits) -> tuple[Subset, Subset]:
-        n = len(data.train)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        split = int(math.floor(self.train_portion * n))
-        if split < 1 or split >= n:
-            raise ValueError(f"strategy.train_portion={self.train_portion} leaves an empty half of {n} images")
-        return Subset(data.train, order[:split]), Subset(data.train, order[split:])
+        first, second = split_indices(len(data.train), self.train_portion, self.seed, "images")
+        return Subset(data.train, first), Subset(data.train, second)
 
     # -- search ---------------------------------------------------------------------------------------
     def fit(self, module: nn.Module | None, data: DataSplits) -> Arch:

@@ -42,6 +42,7 @@ from core.spaces.darts import (
     DartsSpace,
     Genotype,
     SearchCell,
+    check_op_names,
     arch_to_genotype,
     genotype_to_arch,
     make_genotype,
@@ -260,19 +261,6 @@ class FaceSearchNetwork(nn.Module):
 # The space
 # ---------------------------------------------------------------------------
 
-def _check_face_ops(ops: Sequence[str] | None) -> tuple[str, ...]:
-    if ops is None:
-        return FACE_PRIMITIVES
-    if isinstance(ops, str) or not ops:
-        raise ValueError(f"space.ops: expected a non-empty list of op names from {list(FACE_PRIMITIVES)}, got {ops!r}")
-    unknown = [op for op in ops if op not in FACE_OPS]
-    if unknown:
-        raise ValueError(f"space.ops: unknown op(s) {unknown}; known: {list(FACE_PRIMITIVES)}")
-    if len(set(ops)) != len(ops) or set(ops) == {"none"}:
-        raise ValueError(f"space.ops: need distinct op names and at least one besides 'none', got {list(ops)}")
-    return tuple(ops)
-
-
 def _positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"space.{name}: expected an integer >= 1, got {value!r}")
@@ -302,7 +290,7 @@ class PocketNetSpace(DartsSpace):
         self.stem_multiplier = _positive("stem_multiplier", stem_multiplier)
         self.steps = _positive("steps", steps)
         self.num_classes = _positive("num_classes", num_classes)
-        self.ops = _check_face_ops(ops)
+        self.ops = check_op_names(ops, FACE_PRIMITIVES, FACE_OPS, key="space.ops")
         self.auxiliary, self.drop_path_prob = False, 0.0
         SearchSpace.__init__(self, self._make_choices())
 

@@ -60,7 +60,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from core.engine.data import DataSplits, cycle
+from core.engine.data import DataSplits, cycle, split_indices
 from core.engine.registry import STRATEGIES, ConfigError
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.objective import Objective
@@ -166,15 +166,11 @@ class TrilevelSearcher:
     def _halves(self, train) -> tuple[Any, Any]:
         """50/50 by image when the dataset can (random crops of one image stay on one side), else by item."""
         n = len(train.hrs) if hasattr(train, "subset") else len(train)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        split = int(math.floor(self.train_portion * n))
-        if split < 1 or split >= n:
-            raise ValueError(f"strategy.train_portion={self.train_portion} leaves an empty half of {n} training "
-                             "images; the search needs at least 2")
+        first, second = split_indices(n, self.train_portion, self.seed, "training images")
         if hasattr(train, "subset"):
             per_half = max(1, len(train) // 2)
-            return train.subset(order[:split], per_half), train.subset(order[split:], per_half)
-        return Subset(train, order[:split]), Subset(train, order[split:])
+            return train.subset(first, per_half), train.subset(second, per_half)
+        return Subset(train, first), Subset(train, second)
 
     def _fidelity(self, sr: torch.Tensor, lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         loss = self.hr_weight * F.l1_loss(sr, hr)
