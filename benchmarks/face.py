@@ -8,10 +8,11 @@ One run, same data, recipe and epochs for every student:
 2. A small teacher (iResNet-18 at `--teacher-width`) trained first with
    ArcFace, saving a checkpoint per epoch.
 3. Students, each over `--seeds` seeds, ArcFace (s=64, m=0.5):
-   searched without KD; with KD from the final teacher (CE + 100 MSE of
-   normalised embeddings); with multi-step KD (at epoch e the teacher after
-   its epoch e+1); and a MobileFaceNet-style baseline (no KD) whose width
-   multiplier gives the MACs closest to the searched student's.
+   searched without KD; with KD from the final teacher (CE + w MSE of
+   normalised embeddings, w = `--kd-weight`, 100 as in the paper); with
+   multi-step KD (at epoch e the teacher after its epoch e+1); and a
+   MobileFaceNet-style baseline (no KD) whose width multiplier gives the
+   MACs closest to the searched student's.
 4. 10-fold verification accuracy on the test pairs (identities unseen in
    training), mean +- std over seeds, and TAR@FAR=1e-2; one table.
 
@@ -71,7 +72,8 @@ def subset_pairs(pairs, n: int):
 
 def make_task(args, seed: int) -> FaceRecognitionTask:
     cfg = validate({"task": "face_recognition", "seed": seed,
-                    "face_recognition": {"head": "arcface", "fars": [1e-2], "export_embeddings": False},
+                    "face_recognition": {"head": "arcface", "fars": [1e-2], "export_embeddings": False,
+                                         "kd_weight": args.kd_weight},
                     "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                               "weight_decay": 5e-4, "accelerator": "cpu", "log_every_n_steps": 50},
                     "test": {"batch_size": 256}})
@@ -105,6 +107,7 @@ def main() -> int:
     parser.add_argument("--search-epochs", type=int, default=3)
     parser.add_argument("--search-steps", type=int, default=5, help="steps per search epoch")
     parser.add_argument("--teacher-width", type=float, default=0.25)
+    parser.add_argument("--kd-weight", type=float, default=100.0, help="w of the KD term (PocketNet: 100)")
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
