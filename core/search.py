@@ -15,6 +15,10 @@ one is journaled as `infeasible` with those metrics and told to the strategy
 `search.budget` is the number of architectures actually evaluated. This is
 EEEA-Net's early exit (Termritthikun et al., 2021, Sec. 3.2) applied to every
 strategy: the MACs of a candidate are known before a second of training.
+
+`on_trial(i, arch, result)` is called after every trial; a callback that
+returns True ends the search after the current batch (e.g. once a target
+accuracy is reached), with everything so far journaled as usual.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ class SearchSummary:
 class Search:
     def __init__(self, space: SearchSpace, strategy: Strategy, evaluator: Evaluator, objective: Objective,
                  journal: Journal, budget: int, executor: SerialExecutor | None = None, batch_size: int = 1,
-                 progress: bool = True, on_trial: Callable[[int, Arch, Result], None] | None = None):
+                 progress: bool = True, on_trial: Callable[[int, Arch, Result], bool | None] | None = None):
         if budget < 1:
             raise ValueError(f"search.budget must be >= 1, got {budget}")
         if batch_size < 1:
@@ -102,7 +106,8 @@ class Search:
         evaluations = counted = infeasible = 0
         bar = tqdm(total=self.budget, desc="search", unit="arch", disable=not self.progress, dynamic_ncols=True)
         best = -math.inf
-        while counted < self.budget and infeasible < self.max_infeasible:
+        stopped = False
+        while counted < self.budget and infeasible < self.max_infeasible and not stopped:
             archs = self.strategy.ask(min(self.batch_size, self.budget - counted))
             results: list[Result | None] = [None] * len(archs)
             fresh: list[int] = []
@@ -140,8 +145,8 @@ class Search:
                 else:
                     counted += 1
                     step += 1
-                if self.on_trial:
-                    self.on_trial(len(trials) - 1, arch, result)
+                if self.on_trial and self.on_trial(len(trials) - 1, arch, result):
+                    stopped = True  # the callback asked to stop; the rest of this batch is still recorded
                 best = max(best, self.objective.fitness(result))
             bar.update(step)
             if math.isfinite(best):

@@ -91,6 +91,23 @@ def test_duplicate_asks_are_answered_from_the_cache(onemax_space, tmp_path):
         assert [t.cached for t in j.trials()] == [False, True, True, True, True]
 
 
+def test_on_trial_returning_true_stops_the_search(onemax_space, tmp_path):
+    """A callback that returns True ends the search there; a run without it uses the whole budget."""
+    seen = []
+
+    def stop_at_third(i, arch, result):
+        seen.append(i)
+        return i == 2
+
+    with Journal(tmp_path / "stop.sqlite") as journal:
+        summary = Search(onemax_space, RandomSearch(onemax_space, seed=0), FunctionEvaluator(onemax, "onemax"),
+                         Objective(), journal, budget=20, progress=False, on_trial=stop_at_third).run()
+    assert seen == [0, 1, 2] and len(summary.trials) == 3 and summary.evaluations == 3
+    with Journal(tmp_path / "stop.sqlite") as j:
+        assert len(j.trials()) == 3
+    assert len(run(onemax_space, RandomSearch(onemax_space, seed=0), tmp_path, 20, "full").trials) == 20
+
+
 def test_resume_refuses_a_different_strategy(onemax_space, tmp_path):
     run(onemax_space, RandomSearch(onemax_space, seed=0), tmp_path, 10, "x")
     with pytest.raises(ResumeError, match="trial 0"):
