@@ -21,10 +21,10 @@ from core.strategies import RandomSearch, RegularizedEvolution
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(space, strategy, tmp_path, budget, name="j", evaluator=None, objective=None):
+def run(space, strategy, tmp_path, budget, name="j", evaluator=None, objective=None, on_trial=None):
     with Journal(tmp_path / f"{name}.sqlite") as journal:
         return Search(space, strategy, evaluator or FunctionEvaluator(onemax, "onemax"), objective or Objective(),
-                      journal, budget=budget, progress=False).run()
+                      journal, budget=budget, progress=False, on_trial=on_trial).run()
 
 
 def test_strategies_are_deterministic_per_seed(onemax_space, tmp_path):
@@ -99,9 +99,7 @@ def test_on_trial_returning_true_stops_the_search(onemax_space, tmp_path):
         seen.append(i)
         return i == 2
 
-    with Journal(tmp_path / "stop.sqlite") as journal:
-        summary = Search(onemax_space, RandomSearch(onemax_space, seed=0), FunctionEvaluator(onemax, "onemax"),
-                         Objective(), journal, budget=20, progress=False, on_trial=stop_at_third).run()
+    summary = run(onemax_space, RandomSearch(onemax_space, seed=0), tmp_path, 20, "stop", on_trial=stop_at_third)
     assert seen == [0, 1, 2] and len(summary.trials) == 3 and summary.evaluations == 3
     with Journal(tmp_path / "stop.sqlite") as j:
         assert len(j.trials()) == 3
