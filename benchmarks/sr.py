@@ -64,6 +64,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--test-set", action="append", default=None, metavar="NAME=DIR",
                    help="extra HR-only test set (default: ../shared/data/sr/Set5 and Set14 when present)")
+    p.add_argument("--res-scale", type=float, default=0.2, help="cell residual scale (0.2 in the derivative code)")
+    p.add_argument("--init-scale", type=float, default=0.1,
+                   help="derived network init: Kaiming-normal x this (basicsr's 0.1); <= 0: PyTorch's default")
+    p.add_argument("--no-baseline", action="store_true", help="train only the searched network (probes)")
+    p.add_argument("--arch", default=None,
+                   help="skip the search: train this trilevel arch (a best_arch.json path or its JSON text)")
     p.add_argument("--json", default=None, help="also write the rows here")
     return p.parse_args(argv)
 
@@ -111,19 +117,25 @@ def main(argv=None) -> int:
                                   "samples_per_epoch": 2 * args.search_steps * args.search_batch}, "data",
                                  scale=args.scale)
     space = TrilevelSpace(scale=args.scale, num_feat=args.num_feat, stem_cells=args.stem_cells,
-                          path_cells=args.path_cells, ops_per_cell=args.ops_per_cell)
+                          path_cells=args.path_cells, ops_per_cell=args.ops_per_cell, res_scale=args.res_scale,
+                          init_scale=args.init_scale if args.init_scale > 0 else None)
     print(f"trilevel space x{args.scale}: {space.size():.3g} archs; supernet "
           f"{count_params(space.supernet()) / 1e3:.1f}K params; target {args.macs_target / 1e9:.2f} GMACs at 1280x720",
           flush=True)
 
     t = time.perf_counter()
     torch.manual_seed(args.seed)
-    searcher = TrilevelSearcher(space, seed=args.seed, epochs=args.search_epochs, steps_per_epoch=args.search_steps,
-                                batch_size=args.search_batch, relaxation=args.relaxation, lr=args.lr,
-                                arch_lr=3e-3, macs_target=args.macs_target,
-                                warmup_epochs=args.warmup_epochs, order_weight=args.order_weight,
-                                macs_mode=args.macs_mode)
-    arch = searcher.fit(None, search_data)
+    searcher = None
+    if args.arch:
+        text = Path(args.arch).read_text() if Path(args.arch).is_file() else args.arch
+        arch = space.check(json.loads(text))
+    else:
+        searcher = TrilevelSearcher(space, seed=args.seed, epochs=args.search_epochs,
+                                    steps_per_epoch=args.search_steps, batch_size=args.search_batch,
+                                    relaxation=args.relaxation, lr=args.lr, arch_lr=3e-3,
+                                    macs_target=args.macs_target, warmup_epochs=args.warmup_epochs,
+                                    order_weight=args.order_weight, macs_mode=args.macs_mode)
+        arch = searcher.fit(None, search_data)
     search_s = time.perf_counter() - t
     macs = space.macs(arch)
     print(f"search: {search_s:.0f} s; derived path {arch['network.path']}, {macs / 1e9:.2f} GMACs", flush=True)
@@ -132,6 +144,8 @@ def main(argv=None) -> int:
     baseline = msrresnet_budget(args.scale, macs, at_least=True)
     entries = [("bicubic", Arch({"baseline": "bicubic"})), ("trilevel (searched)", arch),
                (f"MSRResNet f{baseline['num_feat']} b{baseline['num_block']} (basicsr)", baseline)]
+    if args.no_baseline:
+        entries = entries[:2]
     rows = []
     for label, a in entries:
         torch.manual_seed(args.seed)
@@ -147,15 +161,16 @@ def main(argv=None) -> int:
     sets = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in rows[0] if k.endswith("_psnr")))
     columns = ["model", "params", "macs", "train_s", *[f"{s}_{m}" for s in sets for m in ("psnr", "ssim")]]
     print("\n" + table(rows + LITERATURE, columns))
-    bic, ours, base = rows
+    bic, ours, base = rows if len(rows) == 3 else (*rows, None)
     gain = ours["skimage_psnr"] - bic["skimage_psnr"]
-    print(f"\nsearched - bicubic on the embedded test photographs: {gain:+.2f} dB (target >= +2.0); "
-          f"searched - MSRResNet: {ours['skimage_psnr'] - base['skimage_psnr']:+.2f} dB at "
-          f"{ours['macs'] / base['macs']:.2f}x its MACs")
+    versus = "no baseline trained" if base is None else \
+        f"searched - MSRResNet: {ours['skimage_psnr'] - base['skimage_psnr']:+.2f} dB at " \
+        f"{ours['macs'] / base['macs']:.2f}x its MACs"
+    print(f"\nsearched - bicubic on the embedded test photographs: {gain:+.2f} dB (target >= +2.0); {versus}")
     print(f"search {search_s:.0f} s, total {time.perf_counter() - started:.0f} s, {args.threads} thread(s)")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "arch": arch.to_dict(), "search_s": search_s,
-                                               "history": searcher.history, "rows": rows}, indent=1, default=str))
+                                               "history": searcher.history if searcher else None, "rows": rows}, indent=1, default=str))
     return 0
 
 

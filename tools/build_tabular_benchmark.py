@@ -5,7 +5,7 @@
     python tools/build_tabular_benchmark.py --summary             # distribution of the shipped table
 
 NAS-Bench-201 (Dong & Yang, ICLR 2020) style: every cell of the space is
-trained with one fixed recipe, once per seed (`--seeds`, default 0 and 1),
+trained with one fixed recipe, once per seed (`--seeds`, default 0 to 3),
 and its validation and test accuracy recorded after every epoch, with
 params, MACs and training CPU time. Each run goes as one JSON line into its
 seed's work file (`--work-dir`) as soon as it finishes; a restart skips the
@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-split", choices=("val", "val+heldout"), default="val+heldout",
                    help="what the validation accuracy is measured on: the val split alone, or the val split plus "
                         "the train images a seed's training subset left out (finer accuracies, fewer ties)")
-    p.add_argument("--seeds", default="0,1", help="comma-separated training seeds; the table holds their mean")
+    p.add_argument("--seeds", default="0,1,2,3", help="comma-separated training seeds; the table holds their mean")
     p.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
     p.add_argument("--limit", type=int, default=None, help="train only this many archs (timing); no table")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
@@ -206,7 +206,7 @@ def read_work(path: Path, recipe: dict) -> dict[str, dict]:
 
 
 def merge_seeds(per_seed: dict[int, dict[str, dict]], archs: list[str]) -> list[dict]:
-    """One row per arch: curves averaged over the seeds, and the per-seed accuracy curves."""
+    """One row per arch: curves averaged over the seeds, and the per-seed accuracy and loss curves."""
     rows = []
     for arch in sorted(archs):
         runs = [per_seed[seed][arch] for seed in sorted(per_seed)]
@@ -219,6 +219,7 @@ def merge_seeds(per_seed: dict[int, dict[str, dict]], archs: list[str]) -> list[
             mean = [sum(vs) / len(vs) for vs in zip(*curves)]
             row[col] = [round(v, digits_) if math.isfinite(v) else None for v in mean]
         row["val_acc_by_seed"] = [r["val_acc"] for r in runs]
+        row["val_loss_by_seed"] = [r["val_loss"] for r in runs]
         row["test_acc_by_seed"] = [r["test_acc"] for r in runs]
         rows.append(row)
     return rows
@@ -234,6 +235,7 @@ def write_table(path: Path, rows: list[dict], recipe: dict, build: dict) -> None
                              "val_loss": "cross-entropy on the validation split after each epoch, mean over the seeds",
                              "test_acc": "top-1 on the test split after each epoch, mean over the seeds",
                              "val_acc_by_seed": "[seed][epoch] top-1 on the validation split, seeds as in recipe",
+                             "val_loss_by_seed": "[seed][epoch] cross-entropy on the validation split",
                              "test_acc_by_seed": "[seed][epoch] top-1 on the test split, seeds as in recipe",
                              "train_loss": "mean training cross-entropy of each epoch, mean over the seeds",
                              "train_seconds": "cumulative training CPU seconds (1 thread) after each epoch, "
@@ -242,7 +244,7 @@ def write_table(path: Path, rows: list[dict], recipe: dict, build: dict) -> None
         "archs": [r["arch"] for r in rows],
     }
     for col in ("params", "macs", "val_acc", "val_loss", "test_acc", "train_loss", "train_seconds",
-                "val_acc_by_seed", "test_acc_by_seed"):
+                "val_acc_by_seed", "val_loss_by_seed", "test_acc_by_seed"):
         table[col] = [r[col] for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -273,11 +275,25 @@ def summary(path: Path) -> str:
     lines.append(f"Kendall tau final val vs test: all {kendalltau(val, test)[0]:.3f}, "
                  f"connected cells {kendalltau(val[live], test[live])[0]:.3f}; "
                  f"{len({tuple(r) for r in table['val_acc']})} distinct val curves")
-    by_seed = np.array(table["val_acc_by_seed"])[:, :, -1]
-    for k in range(1, by_seed.shape[1]):
-        lines.append(f"Kendall tau final val seed {table['meta']['recipe']['seeds'][0]} vs "
-                     f"{table['meta']['recipe']['seeds'][k]}: all {kendalltau(by_seed[:, 0], by_seed[:, k])[0]:.3f}, "
-                     f"connected cells {kendalltau(by_seed[live, 0], by_seed[live, k])[0]:.3f}")
+    loss = np.array(table["val_loss"], dtype=float)[:, -1]
+    top1 = np.sort(loss)[int(np.ceil(0.01 * len(loss))) - 1]
+    lines.append(f"val_loss epoch {len(table['val_loss'][0]):>2}: min {loss.min():.4f}  median {np.median(loss):.4f}  "
+                 f"max {loss.max():.4f}  top-1% threshold {top1:.4f} ({(loss <= top1).sum()} archs reach it; "
+                 f"their val accuracy {val[loss <= top1].min():.4f}-{val[loss <= top1].max():.4f})")
+    seeds = table["meta"]["recipe"]["seeds"]
+    for col in ("val_acc", "val_loss"):
+        if f"{col}_by_seed" not in table:
+            continue
+        by_seed = np.array(table[f"{col}_by_seed"], dtype=float)[:, :, -1]
+        for k in range(1, by_seed.shape[1]):
+            lines.append(f"Kendall tau final {col} seed {seeds[0]} vs {seeds[k]}: "
+                         f"all {kendalltau(by_seed[:, 0], by_seed[:, k])[0]:.3f}, "
+                         f"connected cells {kendalltau(by_seed[live, 0], by_seed[live, k])[0]:.3f}")
+        if by_seed.shape[1] >= 4:
+            half = by_seed.shape[1] // 2
+            a, b = by_seed[live, :half].mean(1), by_seed[live, half:].mean(1)
+            lines.append(f"Kendall tau final {col}, mean of seeds {seeds[:half]} vs mean of {seeds[half:]}: "
+                         f"connected cells {kendalltau(a, b)[0]:.3f}")
     for col in ("params", "macs"):
         v = np.array(table[col])
         lines.append(f"{col}: min {v.min():.0f}  median {np.median(v):.0f}  max {v.max():.0f}")

@@ -54,7 +54,9 @@ What we do (`DCNASSearch.fit(module, data) -> Arch`, `dcnas_scores(...)`):
   differences are kept, between clusters the offsets come from the thorough
   evaluation of each cluster's winner (our reading of "evaluate separately in
   each cluster, then merge"). Clusters without a feasible winner keep the
-  plain supernet accuracy.
+  plain supernet score. Scores are in the objective's metric, signed so that
+  higher is better (accuracy by default; `-val_loss` for a loss objective,
+  which ranks cells on the tabular benchmark better: docs/weight_sharing.md).
 
 Values the paper leaves open here (K, the number of samples, the thorough
 evaluation) are config keys; our defaults: 100 samples, K = 5, a fine-tune
@@ -277,7 +279,7 @@ class DCNASOutcome:
     winners: dict[int, int]                      # cluster -> index into archs
     final: dict[int, Result]                     # index of a winner -> its thorough result
     best: int | None                             # index of the chosen arch
-    scores: np.ndarray                           # global accuracy estimate per arch
+    scores: np.ndarray                           # global score per arch (objective metric, higher = better)
     layers: list[str] = field(default_factory=list)
 
     def clusters(self) -> dict[int, list[int]]:
@@ -336,9 +338,11 @@ def dcnas_scores(space: SearchSpace, supernet: nn.Module, data: DataSplits, arch
         if best is None or objective.fitness(final_results[i]) > objective.fitness(final_results[best]):
             best = i
 
-    scores = np.array([r.get("accuracy") for r in results], dtype=np.float64)
+    # the global ranking, in the objective's metric signed so that higher is better (accuracy, or -val_loss)
+    sign = 1.0 if objective.direction == "max" else -1.0
+    scores = np.array([sign * r.get(objective.metric) for r in results], dtype=np.float64)
     for k, i in winners.items():
-        offset = final_results[i].get("accuracy") - results[i].get("accuracy")
+        offset = sign * (final_results[i].get(objective.metric) - results[i].get(objective.metric))
         scores[labels == k] += offset
     return DCNASOutcome(archs, features, labels, results, winners, final_results, best, scores, names)
 

@@ -39,6 +39,7 @@ def _import():
 basicsr = _import()
 
 from basicsr.archs import build_network  # noqa: E402
+from basicsr.archs.arch_util import default_init_weights  # noqa: E402
 from basicsr.archs.srresnet_arch import MSRResNet  # noqa: E402
 from basicsr.data.data_util import paired_paths_from_folder  # noqa: E402
 from basicsr.data.transforms import augment, mod_crop, paired_random_crop  # noqa: E402
@@ -47,6 +48,6 @@ from basicsr.utils import img2tensor, imwrite, tensor2img  # noqa: E402
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
-__all__ = ["basicsr", "build_network", "MSRResNet", "paired_paths_from_folder", "augment", "mod_crop",
+__all__ = ["basicsr", "build_network", "default_init_weights", "MSRResNet", "paired_paths_from_folder", "augment", "mod_crop",
            "paired_random_crop", "calculate_psnr", "calculate_ssim", "img2tensor", "imwrite", "tensor2img",
            "imresize", "ARCH_REGISTRY"]

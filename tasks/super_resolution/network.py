@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.super_resolution._basicsr import ARCH_REGISTRY
+from tasks.super_resolution._basicsr import ARCH_REGISTRY, default_init_weights
 from tasks.super_resolution.ops import Upsampler, cell_macs, head_tail_macs, plain_cell_ops, upsample_factors, \
     upsampler_macs
 
@@ -117,7 +117,7 @@ class TrilevelSRNet(nn.Module):
     """A network derived by trilevel NAS (see the module docstring); `arch` is a dict or its JSON."""
 
     def __init__(self, upscale: int = 2, num_feat: int = 24, arch: Mapping[str, Any] | str | None = None,
-                 num_in_ch: int = 3, num_out_ch: int = 3, res_scale: float = 0.2):
+                 num_in_ch: int = 3, num_out_ch: int = 3, res_scale: float = 0.2, init_scale: float | None = 0.1):
         super().__init__()
         if arch is None:
             raise ValueError("TrilevelSRNet: arch is required (the best_arch.json of a trilevel search)")
@@ -140,6 +140,10 @@ class TrilevelSRNet(nn.Module):
                 body.append(Upsampler(num_feat, next(factors)))
         self.body = nn.ModuleList(body)
         self.tail = nn.Conv2d(num_feat, num_out_ch, 3, padding=1)
+        if init_scale is not None:
+            # basicsr's MSRResNet/EDSR initialisation: Kaiming-normal weights x 0.1, zero biases; every residual
+            # branch starts near zero, so a deep stack starts near the bicubic answer (None: PyTorch's default)
+            default_init_weights(list(self.modules()), init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.leaky_relu(self.head(x), 0.1)

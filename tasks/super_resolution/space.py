@@ -67,7 +67,7 @@ class TrilevelSpace(SearchSpace):
 
     def __init__(self, scale: int = 2, num_feat: int = 24, stem_cells: int = 1, path_cells: int = 3,
                  ops_per_cell: int = 3, ops: list | None = None, widths: list | None = None,
-                 res_scale: float = 0.2, cost_output: list | None = None):
+                 res_scale: float = 0.2, cost_output: list | None = None, init_scale: float | None = 0.1):
         if scale not in (2, 3, 4):
             raise ValueError(f"space.scale: expected 2, 3 or 4, got {scale!r}")
         if num_feat < 1 or stem_cells < 0 or path_cells < 0 or ops_per_cell < 1:
@@ -79,7 +79,7 @@ class TrilevelSpace(SearchSpace):
         self.widths = tuple(int(w) for w in (widths or WIDTHS))
         if any(not 1 <= w <= 12 for w in self.widths):
             raise ValueError(f"space.widths: expected twelfths in 1..12, got {list(self.widths)}")
-        self.scale, self.num_feat, self.res_scale = scale, num_feat, res_scale
+        self.scale, self.num_feat, self.res_scale, self.init_scale = scale, num_feat, res_scale, init_scale
         self.cost_output = tuple(int(v) for v in (cost_output or (720, 1280)))
         self.stem_cells, self.path_cells, self.ops_per_cell = stem_cells, path_cells, ops_per_cell
         num_up = len(upsample_factors(scale))
@@ -124,7 +124,8 @@ class TrilevelSpace(SearchSpace):
                 return Bicubic(self.scale)
             return MSRResNet(num_in_ch=3, num_out_ch=3, num_feat=arch["num_feat"], num_block=arch["num_block"],
                              upscale=self.scale)
-        return TrilevelSRNet(self.scale, self.num_feat, arch.to_dict(), res_scale=self.res_scale)
+        return TrilevelSRNet(self.scale, self.num_feat, arch.to_dict(), res_scale=self.res_scale,
+                             init_scale=self.init_scale)
 
     def supernet(self) -> TrilevelSupernet:
         return TrilevelSupernet(self.scale, self.num_feat, self.stem_cells, self.path_cells, self.ops_per_cell,

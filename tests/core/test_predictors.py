@@ -257,14 +257,14 @@ def test_predictor_guided_search_end_to_end_on_the_tabular_benchmark(bench, tmp_
 def test_assessor_kendall_tau_with_100_labelled_archs(bench):
     """Kendall tau on the 629 unlabelled archs of the table (100 labelled, median of 3 samples), next to the MLP.
 
-    Issue 3's target is tau >= 0.6 with 100 labelled archs. Measured on the shipped table (two training seeds
-    averaged): assessor 0.551 held-out / 0.564 over all 729 archs, MLP 0.46 / 0.51; on the earlier one-seed
-    table the assessor reached 0.608 / 0.626. The assertion holds on both: well above chance, and clearly above
-    the supervised MLP baseline.
+    Issue 3's target is tau >= 0.6 with 100 labelled archs. The labels are the table's validation loss (negated),
+    what benchmarks/strategies.py searches on. Measured on the shipped four-seed table: assessor 0.724 / 0.702 /
+    0.709 held-out (MLP 0.551 / 0.568 / 0.509); against the validation accuracy instead, 0.613 / 0.633 / 0.627
+    (MLP 0.504 / 0.522 / 0.404). On the earlier two-seed table the accuracy gave 0.562.
     """
     space = bench.space
     archs = bench.all_archs()
-    y = bench.values()
+    y = -bench.values("val_loss")
     taus, taus_all, mlp_taus = [], [], []
     for seed in range(3):
         idx = random.Random(seed).sample(range(len(archs)), 100)
@@ -278,5 +278,5 @@ def test_assessor_kendall_tau_with_100_labelled_archs(bench):
     print(f"Kendall tau, 100 labelled: assessor {np.round(taus, 3)} held-out (median {statistics.median(taus):.3f}), "
           f"{np.round(taus_all, 3)} over all {len(archs)} (median {statistics.median(taus_all):.3f}); MLP "
           f"{np.round(mlp_taus, 3)} held-out (median {statistics.median(mlp_taus):.3f})")
-    assert statistics.median(taus) >= 0.5
+    assert statistics.median(taus) >= 0.6
     assert statistics.median(taus) > statistics.median(mlp_taus) + 0.05
