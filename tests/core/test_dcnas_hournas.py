@@ -13,7 +13,7 @@ from core.engine.registry import STRATEGIES, ConfigError
 from core.objective import Objective
 from core.spaces.cell201 import Cell201Space
 from core.spaces.mobile import digits_space
-from core.strategies.dcnas import DCNASSearch, layer_features, probe_batch, representations
+from core.strategies.dcnas import DCNASSearch, dcnas_scores, layer_features, probe_batch, representations
 from core.strategies.hournas import (HourNASSearch, ShrunkSpace, StageCostModel, space_proposal, vital_choices)
 from core.strategies.spos import train_supernet
 from tasks.classification.data import digits
@@ -96,6 +96,22 @@ def test_dcnas_returns_the_best_of_the_merged_cluster_winners(dcnas):
         assert o.scores[i] == pytest.approx(finals[i])
     assert strategy.result["arch_key"] == arch.key
     json.dumps({"history": strategy.history, "result": strategy.result, "report": strategy.report()})
+
+
+def test_dcnas_scores_follow_a_loss_objective(cell_space, cell_supernet, data):
+    """With `val_loss:min` the winners are the lowest-loss archs and the global score is -loss, shifted per
+    cluster to the winner's fine-tuned -loss (the form benchmarks/ranking.py's "DC-NAS (loss)" row uses)."""
+    archs = random.Random(5).sample(cell_space.all_archs(), 12)
+    loss = Objective(metric="val_loss", direction="min")
+    o = dcnas_scores(cell_space, cell_supernet, data, archs, clusters=3, seed=0, probe_size=16, final_steps=2,
+                     final_bn_batches=1, bn_batches=1, objective=loss)
+    for k, idx in o.clusters().items():
+        assert o.results[o.winners[k]].get("val_loss") == min(o.results[i].get("val_loss") for i in idx)
+        winner = o.winners[k]
+        assert o.scores[winner] == pytest.approx(-o.final[winner].get("val_loss"))
+        for i in idx:                                # within a cluster: the supernet's loss differences
+            expected = o.results[winner].get("val_loss") - o.results[i].get("val_loss")
+            assert o.scores[i] - o.scores[winner] == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------------------------------------
