@@ -2,12 +2,12 @@
 
 Every strategy runs end to end on the shipped tabular benchmark (cell201 on
 digits). Comparisons with random search use medians over 7 seeds, so one
-lucky or unlucky seed cannot decide them. The shipped table's top 1% is a
-block of tied archs that random search reaches in a median of 15-25
-queries, which leaves no margin to assert; so "beats random" is asserted on
-a synthetic landscape with exploitable structure, and the table runs check
-that each strategy lands in the top 5% in most seeds. The measured
-comparisons on the table are in docs/strategies.md.
+lucky or unlucky seed cannot decide them. "Beats random" is asserted on a
+synthetic landscape with exploitable structure and, for TPE, on the table's
+validation loss (its reproducible signal; the accuracy's top is mostly seed
+noise, so the accuracy runs only check that each strategy lands in the top
+5% in most seeds). The measured comparisons on the table are in
+docs/strategies.md.
 """
 
 import math
@@ -144,10 +144,24 @@ def test_tpe_beats_random_on_a_structured_landscape(weighted):
 def test_tpe_on_the_tabular_benchmark(space, bench, tmp_path):
     summary = search(space, TPE(space, seed=0, n_startup_trials=10), bench, Objective(), tmp_path, 30)
     assert bench.in_top(summary.best_arch, 0.10)
-    # a sanity level, not a comparison: random search finds this table's tied top block as fast (see the docs)
+    # a sanity level on the accuracy, whose top is mostly seed noise (docs/strategies.md)
     found = [max(drive(TPE(space, seed=s, n_startup_trials=10), bench, 40), key=lambda t: t[1].metrics["accuracy"])[0]
              for s in SEEDS]
     assert sum(bench.in_top(a, 0.05) for a in found) >= 5
+
+
+def test_tpe_beats_random_on_the_tabular_benchmarks_loss(space, bench):
+    """On the table's validation loss (what benchmarks/strategies.py searches on), 30 queries: the median table
+    rank of the best arch found over 7 seeds. Measured: TPE 13 (3, 13, 6, 55, 17, 47, 5) vs random 27."""
+    loss = Objective(metric="val_loss", direction="min")
+
+    def best_rank(strategy):
+        best = max(drive(strategy, bench, 30), key=lambda t: loss.fitness(t[1]))[0]
+        return bench.rank(best, "val_loss")
+
+    tpe = [best_rank(TPE(space, seed=s, objective=loss)) for s in SEEDS]
+    rnd = [best_rank(RandomSearch(space, seed=s, objective=loss)) for s in SEEDS]
+    assert statistics.median(tpe) * 1.5 < statistics.median(rnd), (tpe, rnd)
 
 
 # -- CSNAS-style contrastive evaluation --------------------------------------------------------------
