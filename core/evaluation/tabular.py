@@ -20,9 +20,9 @@ Which number to search on. On this table the validation cross-entropy is the
 reproducible signal: the mean loss of two seeds ranks the connected cells
 like the mean loss of the other two at Kendall tau 0.74, and predicts the
 other two seeds' *accuracy* better (0.59) than their own accuracy does (0.39)
-(docs/strategies.md, "The shipped table: four seeds, and the validation loss as the target"). The benchmarks
-therefore search and score on `val_loss` (objective `val_loss`, direction
-min); accuracy stays in every result.
+(docs/strategies.md, "The shipped table: four seeds, and the validation loss
+as the target"). The benchmarks therefore search and score on `val_loss`
+(objective `val_loss`, direction min); accuracy stays in every result.
 """
 
 from __future__ import annotations
