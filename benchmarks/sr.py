@@ -53,6 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--ops-per-cell", type=int, default=3)
     p.add_argument("--macs-target", type=float, default=16e9, help="search target, MACs at 1280x720")
     p.add_argument("--macs-mode", default="target", choices=["hinge", "linear", "target"])
+    p.add_argument("--macs-weight", type=float, default=1.0, help="initial weight of the MACs term")
     p.add_argument("--relaxation", default="sparsestmax", choices=["sparsestmax", "sparsemax", "softmax"])
     p.add_argument("--search-epochs", type=int, default=6)
     p.add_argument("--search-steps", type=int, default=25, help="steps per search epoch")
@@ -137,7 +138,8 @@ def main(argv=None) -> int:
         searcher = TrilevelSearcher(space, seed=args.seed, epochs=args.search_epochs,
                                     steps_per_epoch=args.search_steps, batch_size=args.search_batch,
                                     relaxation=args.relaxation, lr=args.lr, arch_lr=3e-3,
-                                    macs_target=args.macs_target, warmup_epochs=args.warmup_epochs,
+                                    macs_target=args.macs_target, macs_weight=args.macs_weight,
+                                    warmup_epochs=args.warmup_epochs,
                                     order_weight=args.order_weight, macs_mode=args.macs_mode)
         arch = searcher.fit(None, search_data)
     search_s = time.perf_counter() - t
