@@ -125,7 +125,8 @@ def student_blocks(supernet: nn.Module, N: int) -> list[nn.Module]:
     return [nn.Sequential(supernet.stem, *cells[:N]), nn.Sequential(*cells[N:])]
 
 
-def dna_scores(space: Cell201Space, data, archs, steps_per_block: int, teacher_epochs: int, seed: int):
+def dna_scores(space: Cell201Space, data, archs, steps_per_block: int, teacher_epochs: int, seed: int,
+               recal_batches: int = 1):
     teacher, teacher_acc = train_teacher(data, space.C, teacher_epochs, seed)
     staged = StagedTeacher(teacher, teacher_taps(teacher))
     torch.manual_seed(seed)
@@ -163,16 +164,16 @@ def dna_scores(space: Cell201Space, data, archs, steps_per_block: int, teacher_e
     train_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    recal_x = next(iter(DataLoader(data.train, batch_size=BATCH, shuffle=True,
-                                   generator=torch.Generator().manual_seed(seed + 1))))[0]
-    recal_feats = staged(recal_x)
+    loader = DataLoader(data.train, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed + 1))
+    recal = [x for _, (x, _) in zip(range(recal_batches), loader)]  # DNA's reset batch(es)
+    recal = [(x, staged(x)) for x in recal]
     val = [(x, staged(x)) for x, _ in DataLoader(data.val, batch_size=BATCH, shuffle=False)]
     scores = np.zeros(len(archs))
     with torch.no_grad():
         for a, arch in enumerate(archs):  # step 2: cl_loss per block after BN recalibration (dna.py's formula)
             for i, block in enumerate(blocks):
                 activate(block, arch)
-                recalibrate_bn(block, [(recal_x if i == 0 else recal_feats[i - 1],)])
+                recalibrate_bn(block, [(x if i == 0 else feats[i - 1],) for x, feats in recal])
                 total, seen = 0.0, 0
                 for x, feats in val:
                     guide, target = (x if i == 0 else feats[i - 1]), feats[i]
@@ -212,7 +213,7 @@ def run_seed(seed: int, args, data, table: TabularEvaluator) -> dict:
                            {"steps": budget, "train_s": 0.0, "score_s": 0.0})
 
     # (b) DNA
-    dna, info = dna_scores(space, data, archs, budget // 2, args.teacher_epochs, seed)
+    dna, info = dna_scores(space, data, archs, budget // 2, args.teacher_epochs, seed, args.dna_recal_batches)
     rows["DNA blockwise"] = (dna, {"steps": 2 * (budget // 2), **info})
 
     # (c) DC-NAS: fewer supernet epochs so that supernet steps + K * final_steps <= the budget
@@ -256,6 +257,8 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=30)
     parser.add_argument("--clusters", type=int, default=5)
     parser.add_argument("--final-steps", type=int, default=20)
+    parser.add_argument("--dna-recal-batches", type=int, default=1,
+                        help="training batches for DNA's BN recalibration (its reset batch: 1, as core.strategies.dna)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
