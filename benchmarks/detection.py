@@ -63,6 +63,18 @@ def train_steps(model, dataset, epochs: int, batch_size: int, lr: float, seed: i
     return losses
 
 
+def cost_parts(model, image: torch.Tensor) -> tuple[int, int, int]:
+    """MACs of a two-stage detector's parts: backbone + neck on `image`, the RPN head on its features, and the
+    box head + predictor on one 7x7 RoI (multiply by the number of RoIs)."""
+    with torch.no_grad():
+        feats = model.backbone(image)
+    body = count_macs(model.backbone, image)
+    rpn = count_macs(model.rpn.head, (list(feats.values()),))
+    roi = torch.zeros(1, model.backbone.out_channels, 7, 7)
+    head = count_macs(torch.nn.Sequential(model.roi_heads.box_head, model.roi_heads.box_predictor), roi)
+    return body, rpn, head
+
+
 def released_costs(sizes=((800, 1333), (800, 1200)), proposals: int = 1000) -> list[dict]:
     """Params and MACs of the released Hit-Detector (81 classes): backbone + neck + RPN head on the padded
     image, plus `proposals` x (searched head blocks + FC + predictor) per RoI. RoIAlign, NMS and anchor
@@ -71,13 +83,7 @@ def released_costs(sizes=((800, 1333), (800, 1200)), proposals: int = 1000) -> l
     rows = []
     for h, w in sizes:
         ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
-        x = torch.zeros(1, 3, ph, pw)
-        with torch.no_grad():
-            feats = model.backbone(x)
-        body = count_macs(model.backbone, x)
-        rpn = count_macs(model.rpn.head, (list(feats.values()),))
-        roi = torch.zeros(1, model.backbone.out_channels, 7, 7)
-        head = count_macs(torch.nn.Sequential(model.roi_heads.box_head, model.roi_heads.box_predictor), roi)
+        body, rpn, head = cost_parts(model, torch.zeros(1, 3, ph, pw))
         rows.append({"model": f"Hit-Detector released ({h}x{w}, {proposals} RoIs)", "params": count_params(model),
                      "macs": body + rpn + proposals * head, "backbone+neck": body, "rpn": rpn,
                      "head_per_roi": head})

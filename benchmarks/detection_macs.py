@@ -16,10 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn  # noqa: E402
-from tasks.detection.spaces import HitDetectorSpace  # noqa: E402
+from benchmarks.detection import cost_parts  # noqa: E402
 from core.cost import count_macs  # noqa: E402
+from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn  # noqa: E402
 from tasks.detection.data import shapes  # noqa: E402
+from tasks.detection.spaces import HitDetectorSpace  # noqa: E402
 
 TEST_ROIS = 50
 
@@ -27,12 +28,7 @@ TEST_ROIS = 50
 def breakdown(model, image: torch.Tensor, name: str) -> None:
     model.eval()
     total = count_macs(model, image)
-    with torch.no_grad():
-        feats = model.backbone(image)
-    body = count_macs(model.backbone, image)
-    rpn = count_macs(model.rpn.head, (list(feats.values()),))
-    roi = torch.zeros(1, model.backbone.out_channels, 7, 7)
-    head = count_macs(torch.nn.Sequential(model.roi_heads.box_head, model.roi_heads.box_predictor), roi)
+    body, rpn, head = cost_parts(model, image)
     print(f"{name}: total {total / 1e6:.1f}M  backbone+neck {body / 1e6:.1f}M  rpn {rpn / 1e6:.1f}M  "
           f"head/RoI {head / 1e6:.2f}M  x{TEST_ROIS} {TEST_ROIS * head / 1e6:.1f}M "
           f"({TEST_ROIS * head / total:.0%} of the total)")

@@ -38,10 +38,11 @@ given the same number of weight-update steps (batches of 64) on `digits().train`
 Kendall's tau-b (`scipy.stats.kendalltau`) between each estimator and the
 table's final validation accuracy (the table's `accuracy`; its test accuracy
 is shown too) and the table's final validation loss (negated: the table's
-reproducible signal, see `core/evaluation/tabular.py`), over all subset cells and, as an extra row, over the cells the
-table puts above 20 % (dropping the disconnected cells every estimator
-recognises). Several `--seeds` repeat everything (new subset, new supernets,
-new teacher) and the table reports each seed and the mean.
+reproducible signal, see `core/evaluation/tabular.py`), over all subset
+cells and, as an extra row, over the cells the table puts above 20 %
+(dropping the disconnected cells every estimator recognises). Several
+`--seeds` repeat everything (new subset, new supernets, new teacher) and the
+table reports each seed and the mean.
 
     python benchmarks/ranking.py [--archs 100] [--epochs 30] [--seeds 0 1 2] [--clusters 5] [--final-steps 20]
 """
@@ -165,8 +166,7 @@ def dna_scores(space: Cell201Space, data, archs, steps_per_block: int, teacher_e
 
     started = time.perf_counter()
     loader = DataLoader(data.train, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed + 1))
-    recal = [x for _, (x, _) in zip(range(recal_batches), loader)]  # DNA's reset batch(es)
-    recal = [(x, staged(x)) for x in recal]
+    recal = [(x, staged(x)) for _, (x, _) in zip(range(recal_batches), loader)]  # DNA's reset batch(es)
     val = [(x, staged(x)) for x, _ in DataLoader(data.val, batch_size=BATCH, shuffle=False)]
     scores = np.zeros(len(archs))
     with torch.no_grad():
@@ -288,7 +288,8 @@ def main() -> None:
             notes = {k: v for k, v in row.items() if k in ("teacher_val_acc", "cluster_sizes", "block_mse_first_last")}
             notes = ", ".join(f"{k}={v if not isinstance(v, float) else round(v, 4)}" for k, v in notes.items())
             print(f"  {name:<14} {row['tau_val']:>9.3f} {row['tau_test']:>10.3f} {row['tau_connected']:>10.3f} "
-                  f"{row['tau_loss']:>10.3f} {row['top1_table_rank']:>11d} {row['steps']:>6d} {row['train_s']:>8.1f} {row['score_s']:>8.1f}"
+                  f"{row['tau_loss']:>10.3f} {row['top1_table_rank']:>11d} {row['steps']:>6d} "
+                  f"{row['train_s']:>8.1f} {row['score_s']:>8.1f}"
                   f"  {notes}")
     names = [n for n in results[0] if not n.startswith("_")]
     print(f"\nmean over {len(results)} seed(s) (std across seeds):")
@@ -307,7 +308,8 @@ def main() -> None:
     print(f"  {'(table test)':<14} {ceiling:>15.3f} {'':>15} {ceiling_c:>15.3f}   <- the table's test accuracy as an "
           "estimator of its val accuracy")
     loss_vs_val = statistics.mean(r["_subset"]["loss_vs_val"] for r in results)
-    print(f"  {'(table loss)':<14} {loss_vs_val:>15.3f}   <- the table's own val loss as an estimator of its val accuracy")
+    print(f"  {'(table loss)':<14} {loss_vs_val:>15.3f}   <- the table's own val loss as an estimator of its val "
+          "accuracy")
     for key, what in (("tau_val", "val accuracy"), ("tau_loss", "val loss")):
         best = max(names, key=lambda n: statistics.mean(r[n][key] for r in results))
         best_tau = statistics.mean(r[best][key] for r in results)

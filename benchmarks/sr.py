@@ -175,8 +175,9 @@ def main(argv=None) -> int:
     print(f"\nsearched - bicubic on the embedded test photographs: {gain:+.2f} dB (target >= +2.0); {versus}")
     print(f"search {search_s:.0f} s, total {time.perf_counter() - started:.0f} s, {args.threads} thread(s)")
     if args.json:
+        history = searcher.history if searcher else None
         Path(args.json).write_text(json.dumps({"args": vars(args), "arch": arch.to_dict(), "search_s": search_s,
-                                               "history": searcher.history if searcher else None, "rows": rows}, indent=1, default=str))
+                                               "history": history, "rows": rows}, indent=1, default=str))
     return 0
 
 

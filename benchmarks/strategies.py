@@ -103,7 +103,8 @@ def main() -> None:
     if "random" not in labels:
         labels = ["random", *labels]
     print(f"tabular benchmark: {len(evaluator.all_archs())} archs, target {args.target}: top 1% "
-          f"{'<=' if args.target == 'val_loss' else '>='} {threshold:.4f}, best {evaluator.best_value(args.target):.4f}; "
+          f"{'<=' if TARGETS[args.target][1] == 'min' else '>='} {threshold:.4f}, "
+          f"best {evaluator.best_value(args.target):.4f}; "
           f"{args.seeds} seeds, budget {args.budget} queries")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

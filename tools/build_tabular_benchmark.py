@@ -253,6 +253,37 @@ def write_table(path: Path, rows: list[dict], recipe: dict, build: dict) -> None
     os.replace(tmp, path)
 
 
+def reproducibility(table: dict, live) -> list[str]:
+    """Kendall tau among the connected cells (`live`) between the runs of different seeds, per summary of a run:
+    every pair of single seeds, and with >= 4 seeds the mean of the first half of the seeds against the mean of
+    the second half (how reproducible the table's ranking is; docs/strategies.md quotes these lines)."""
+    import itertools
+
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    seeds, half = table["meta"]["recipe"]["seeds"], len(table["meta"]["recipe"]["seeds"]) // 2
+    acc = np.array(table["val_acc_by_seed"], dtype=float)[live]  # [arch, seed, epoch]
+    summaries = {"final val accuracy": acc[..., -1], "val accuracy, mean of the last 3 epochs": acc[..., -3:].mean(-1),
+                 "val accuracy, mean over all epochs": acc.mean(-1)}
+    if "val_loss_by_seed" in table:
+        summaries["final val loss (negated)"] = -np.array(table["val_loss_by_seed"], dtype=float)[live][..., -1]
+    lines = []
+    for name, runs in summaries.items():
+        pairs = [kendalltau(runs[:, i], runs[:, j])[0] for i, j in itertools.combinations(range(len(seeds)), 2)]
+        line = (f"Kendall tau among connected cells, {name}: single-seed pairs "
+                f"{' '.join(f'{t:.2f}' for t in pairs)} (mean {np.mean(pairs):.3f})")
+        if len(seeds) >= 4:
+            first, second = runs[:, :half].mean(1), runs[:, half:].mean(1)
+            line += f"; mean of seeds {seeds[:half]} vs mean of {seeds[half:]}: {kendalltau(first, second)[0]:.3f}"
+        lines.append(line)
+    if "final val loss (negated)" in summaries and len(seeds) >= 4:
+        loss = summaries["final val loss (negated)"][:, :half].mean(1)
+        lines.append(f"Kendall tau among connected cells, final val loss of seeds {seeds[:half]} vs final val "
+                     f"accuracy of seeds {seeds[half:]}: {kendalltau(loss, acc[:, half:, -1].mean(1))[0]:.3f}")
+    return lines
+
+
 def summary(path: Path) -> str:
     """The accuracy distribution of a built table (what docs/strategies.md (the tabular benchmark) quotes)."""
     import numpy as np
@@ -280,20 +311,7 @@ def summary(path: Path) -> str:
     lines.append(f"val_loss epoch {len(table['val_loss'][0]):>2}: min {loss.min():.4f}  median {np.median(loss):.4f}  "
                  f"max {loss.max():.4f}  top-1% threshold {top1:.4f} ({(loss <= top1).sum()} archs reach it; "
                  f"their val accuracy {val[loss <= top1].min():.4f}-{val[loss <= top1].max():.4f})")
-    seeds = table["meta"]["recipe"]["seeds"]
-    for col in ("val_acc", "val_loss"):
-        if f"{col}_by_seed" not in table:
-            continue
-        by_seed = np.array(table[f"{col}_by_seed"], dtype=float)[:, :, -1]
-        for k in range(1, by_seed.shape[1]):
-            lines.append(f"Kendall tau final {col} seed {seeds[0]} vs {seeds[k]}: "
-                         f"all {kendalltau(by_seed[:, 0], by_seed[:, k])[0]:.3f}, "
-                         f"connected cells {kendalltau(by_seed[live, 0], by_seed[live, k])[0]:.3f}")
-        if by_seed.shape[1] >= 4:
-            half = by_seed.shape[1] // 2
-            a, b = by_seed[live, :half].mean(1), by_seed[live, half:].mean(1)
-            lines.append(f"Kendall tau final {col}, mean of seeds {seeds[:half]} vs mean of {seeds[half:]}: "
-                         f"connected cells {kendalltau(a, b)[0]:.3f}")
+    lines += reproducibility(table, live)
     for col in ("params", "macs"):
         v = np.array(table[col])
         lines.append(f"{col}: min {v.min():.0f}  median {np.median(v):.0f}  max {v.max():.0f}")

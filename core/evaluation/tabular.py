@@ -236,7 +236,7 @@ class TabularEvaluator(Evaluator):
         return from_str(self.table.archs[int(np.argmax(self.goodness(metric, epoch)))])
 
     def best_value(self, metric: str | None = None, epoch: int | None = None) -> float:
-        return self.value(self.best(metric, epoch), metric, epoch)
+        return float(self._sign(metric) * self.goodness(metric, epoch).max())
 
     def value(self, arch: Any, metric: str | None = None, epoch: int | None = None) -> float:
         return float(self.values(metric, epoch)[self.row(arch)])

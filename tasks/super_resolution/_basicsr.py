@@ -48,6 +48,6 @@ from basicsr.utils import img2tensor, imwrite, tensor2img  # noqa: E402
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
-__all__ = ["basicsr", "build_network", "default_init_weights", "MSRResNet", "paired_paths_from_folder", "augment", "mod_crop",
-           "paired_random_crop", "calculate_psnr", "calculate_ssim", "img2tensor", "imwrite", "tensor2img",
+__all__ = ["basicsr", "build_network", "default_init_weights", "MSRResNet", "paired_paths_from_folder", "augment",
+           "mod_crop", "paired_random_crop", "calculate_psnr", "calculate_ssim", "img2tensor", "imwrite", "tensor2img",
            "imresize", "ARCH_REGISTRY"]
