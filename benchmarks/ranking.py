@@ -11,23 +11,39 @@ given the same number of weight-update steps (batches of 64) on `digits().train`
     accuracy on `digits().val`).
 (b) **DNA**: blockwise distillation (Li et al., CVPR 2020) from a teacher
     trained beforehand on digits (`core.distill.SmallCNN`, widths (C, 2C),
-    strides (1, 2): two stages whose outputs have the shapes of the cell201
-    skeleton's two stages). Student block 0 = stem + the cells at C, block 1
-    = the residual reduction + the cells at 2C, of a fresh cell201 supernet
-    (with affine BN in the search cells: the space's supernet has NAS-Bench-201's
-    non-affine search-cell BN, whose conv paths always output unit variance and
-    so cannot match a teacher feature's scale, while DNA's MBConv students have
-    affine BN);
-    block i takes the teacher's stage i-1 output (block 0 the image) and is
+    strides (1, 2), `--dna-teacher-convs` 4 conv-BN-ReLU layers per stage:
+    two stages whose outputs have the shapes of the cell201 skeleton's two
+    stages, each deeper than any path of the student block it supervises,
+    as DNA's teacher is: official `searching/train.py` loads a pretrained
+    `tf_efficientnet_b7`, whose stages have 7/7/10/10/13/4 layers (its
+    `b7` dispatch) against the student blocks' 2/4/4/4/4/1). Student
+    block 0 = stem + the cells at C, block 1 = the residual reduction + the
+    cells at 2C, of a fresh cell201 supernet (with affine BN in the search
+    cells: the space's supernet has NAS-Bench-201's non-affine search-cell BN,
+    whose conv paths always output unit variance and so cannot match a
+    teacher feature's scale, while DNA's MBConv students have affine BN),
+    each block ending in an affine BatchNorm (`--dna-output-bn`): every DNA
+    student block ends in one, its last MBConv changing width (no residual)
+    and ending in its projection BN (official `searching/dna/student_supernet.py`,
+    `block_cfgs` hidden -> teacher width). Without it a cell's output is a
+    raw sum of paths whose scale depends on the candidate, and the score
+    measured that scale more than the features: a zero (disconnected) output
+    beat most connected cells and identity-heavy cells scored worst;
+    tau 0.17 -> 0.55 on seeds 0-2 (docs/weight_sharing.md).
+    Block i takes the teacher's stage i-1 output (block 0 the image) and is
     trained with MSE to the teacher's stage i output (taken before the stage's
     last ReLU: a cell201 cell outputs pre-activation sums, like DNA's
     MBConv blocks and EfficientNet stages, which end in a linear projection), one uniformly sampled
     path per step (S/2 steps per block, Adam lr 0.005, weight decay 1e-4,
-    lr x 0.9 per epoch: `core.strategies.dna`'s recipe). A cell's score is
-    the sum over blocks of DNA's `cl_loss` = mean|y_hat - y| / std(y) on
-    `digits().val` after BN recalibration of the block on one training batch
-    (lower is better; tau is computed on -score). The teacher's own
-    training (`--teacher-epochs`) is extra, as DNA assumes a trained teacher.
+    lr x 0.9 per epoch: `core.strategies.dna`'s recipe). A
+    cell's score is the sum over blocks of DNA's `cl_loss` = mean|y_hat - y| /
+    std(y) on `digits().val` after BN recalibration of the block on one
+    training batch (DNA's reset batch; official `_potential` and
+    `process_potential.py`, `loss_join='sum'`) (lower is
+    better; tau is computed on -score). The teacher's own training
+    (`--teacher-epochs`) is extra, as DNA assumes a trained teacher.
+    `--dna-teacher-convs 2 --no-dna-output-bn` restores the estimator
+    measured before this change (docs/weight_sharing.md).
 (c) **DC-NAS** (`core.strategies.dcnas.dcnas_scores`): a SPOS supernet
     trained for S - K * f steps, then the subset is clustered (K =
     `--clusters` by k-means on per-layer feature changes), scored per cluster
@@ -45,6 +61,7 @@ cells and, as an extra row, over the cells the table puts above 20 %
 table reports each seed and the mean.
 
     python benchmarks/ranking.py [--archs 100] [--epochs 30] [--seeds 0 1 2] [--clusters 5] [--final-steps 20]
+        [--dna-teacher-convs 4] [--[no-]dna-output-bn] [--dna-recal-batches 1]
 """
 
 from __future__ import annotations
@@ -87,11 +104,15 @@ def tau(score, truth) -> float:
 # ---------------------------------------------------------------------------------------------
 # (b) DNA on cell201
 # ---------------------------------------------------------------------------------------------
-def train_teacher(data, C: int, epochs: int, seed: int) -> tuple[nn.Module, float]:
-    """SmallCNN with stages shaped like the cell201 skeleton's (C x 8 x 8, 2C x 4 x 4), trained with cross-entropy."""
+def train_teacher(data, C: int, epochs: int, seed: int, convs_per_stage: int = 4) -> tuple[nn.Module, float]:
+    """SmallCNN with stages shaped like the cell201 skeleton's (C x 8 x 8, 2C x 4 x 4), trained with cross-entropy.
+
+    `convs_per_stage` 3x3 conv-BN-ReLU layers per stage (default 4): deeper than any path of the student block
+    it supervises, as DNA's teacher EfficientNet-B7 is deeper per stage than its student blocks.
+    """
     torch.manual_seed(seed)
     teacher = SmallCNN(widths=(C, 2 * C), strides=(1, 2), in_channels=1, num_classes=data.num_classes,
-                       stem_channels=C)
+                       stem_channels=C, convs_per_stage=convs_per_stage)
     opt = torch.optim.SGD(teacher.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
     loader = DataLoader(data.train, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
@@ -120,20 +141,32 @@ def teacher_taps(teacher: SmallCNN) -> list[str]:
     return paths
 
 
-def student_blocks(supernet: nn.Module, N: int) -> list[nn.Module]:
-    """Block 0: stem + the N cells at C; block 1: the reduction block + the N cells at 2C."""
+def student_blocks(supernet: nn.Module, N: int, C: int, output_bn: bool = True) -> list[nn.Module]:
+    """Block 0: stem + the N cells at C; block 1: the reduction block + the N cells at 2C.
+
+    With `output_bn` each block ends in an affine BatchNorm of its width (C, 2C), as every DNA student block
+    does: its last layer is an MBConv whose input and output widths differ, so it has no residual and ends in
+    the projection conv's affine BN (official `searching/dna/student_supernet.py` `block_cfgs`, last layer
+    `hidden_outc -> outc`; timm `InvertedResidual.bn3`). A cell201 cell instead ends in an unnormalised sum of
+    paths whose scale depends on the candidate (how many conv paths and identities reach the output), which
+    the BN recalibration of the paths' own BNs cannot undo; the block-output BN, recalibrated per candidate
+    like every other BN, gives each candidate's output the learned per-channel scale, as in DNA.
+    """
     cells = list(supernet.cells)
-    return [nn.Sequential(supernet.stem, *cells[:N]), nn.Sequential(*cells[N:])]
+    blocks = [nn.Sequential(supernet.stem, *cells[:N]), nn.Sequential(*cells[N:])]
+    if output_bn:
+        blocks = [nn.Sequential(block, nn.BatchNorm2d(width)) for block, width in zip(blocks, (C, 2 * C))]
+    return blocks
 
 
 def dna_scores(space: Cell201Space, data, archs, steps_per_block: int, teacher_epochs: int, seed: int,
-               recal_batches: int = 1):
-    teacher, teacher_acc = train_teacher(data, space.C, teacher_epochs, seed)
+               recal_batches: int = 1, teacher_convs: int = 4, output_bn: bool = True):
+    teacher, teacher_acc = train_teacher(data, space.C, teacher_epochs, seed, teacher_convs)
     staged = StagedTeacher(teacher, teacher_taps(teacher))
     torch.manual_seed(seed)
     supernet = CellNetwork(lambda width: SearchCell(space.ops, width, affine=True), C=space.C, N=space.N,
                            num_classes=space.num_classes, in_channels=space.in_channels)
-    blocks = student_blocks(supernet, space.N)
+    blocks = student_blocks(supernet, space.N, space.C, output_bn)
     loader = DataLoader(data.train, batch_size=BATCH, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     steps_per_epoch = len(loader)
@@ -213,7 +246,8 @@ def run_seed(seed: int, args, data, table: TabularEvaluator) -> dict:
                            {"steps": budget, "train_s": 0.0, "score_s": 0.0})
 
     # (b) DNA
-    dna, info = dna_scores(space, data, archs, budget // 2, args.teacher_epochs, seed, args.dna_recal_batches)
+    dna, info = dna_scores(space, data, archs, budget // 2, args.teacher_epochs, seed, args.dna_recal_batches,
+                           args.dna_teacher_convs, args.dna_output_bn)
     rows["DNA blockwise"] = (dna, {"steps": 2 * (budget // 2), **info})
 
     # (c) DC-NAS: fewer supernet epochs so that supernet steps + K * final_steps <= the budget
@@ -259,6 +293,11 @@ def main() -> None:
     parser.add_argument("--final-steps", type=int, default=20)
     parser.add_argument("--dna-recal-batches", type=int, default=1,
                         help="training batches for DNA's BN recalibration (its reset batch: 1, as core.strategies.dna)")
+    parser.add_argument("--dna-teacher-convs", type=int, default=4,
+                        help="conv layers per teacher stage (4; 2 was the teacher before the output-BN change)")
+    parser.add_argument("--dna-output-bn", action=argparse.BooleanOptionalAction, default=True,
+                        help="end each DNA student block in an affine BN, as DNA's blocks (--no-dna-output-bn: the "
+                             "cell's raw sum, the earlier behaviour)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
