@@ -24,7 +24,14 @@ available to us, so the details come from the derivative code
   `macs_weight * E[MACs] / macs_target`, the derivative code's form, which
   pushes MACs down always; `target` `macs_weight * |E[MACs] / macs_target - 1|`,
   which also pulls a supernet below the target up to it (two-sided, as
-  TF-NAS's latency target; our addition). The derivative
+  TF-NAS's latency target; our addition). Below the target the pull acts on
+  the cell and kernel levels only (`macs_pull: cells`, default; `all` also
+  pulls gamma): the cheapest way to raise E[MACs] through gamma is a path with
+  a cell after the upsampler, which buys MACs at scale^2 times their LR price.
+  Measured (docs/benchmarks.md, super-resolution): with `all`, 3 of 4 seeds
+  derived such a path (`UC`) and lost to MSRResNet at equal MACs; with
+  `cells`, 4 of 4 kept every cell at LR. Above the target the push-down acts
+  on all three levels. The derivative
   code weighs supernet FLOPs by a tiny constant and doubles it when FLOPs
   exceed the range's top, halves it below its bottom, to stay within
   [100, 400] GFLOPs; we normalise by the target (so the weight is unitless)
@@ -114,7 +121,7 @@ class TrilevelSearcher:
                  arch_betas: tuple[float, float] = (0.5, 0.999), arch_weight_decay: float = 0.0,
                  lr_milestones: list | None = None, grad_clip: float | None = None, train_portion: float = 0.5,
                  macs_target: float | None = None, macs_weight: float = 1.0, macs_band: list | None = None,
-                 macs_mode: str = "hinge",
+                 macs_mode: str = "hinge", macs_pull: str = "cells",
                  order_weight: float = 1e-5, order_mode: str = "telescoping", sandwich: bool = True,
                  warmup_epochs: int = 0, teacher: dict | None = None, teacher_weight: float = 1.0,
                  hr_weight: float = 1.0, out_hw: list | None = None, checkpoint: str | None = None,
@@ -132,6 +139,8 @@ class TrilevelSearcher:
             raise ConfigError(f"strategy.train_portion: expected a fraction in (0, 1), got {train_portion!r}")
         if macs_mode not in ("hinge", "linear", "target"):
             raise ConfigError(f"strategy.macs_mode: expected hinge, linear or target, got {macs_mode!r}")
+        if macs_pull not in ("cells", "all"):
+            raise ConfigError(f"strategy.macs_pull: expected cells or all, got {macs_pull!r}")
         if order_mode not in ("telescoping", "hinge"):
             raise ConfigError(f"strategy.order_mode: expected telescoping or hinge, got {order_mode!r}")
         band = list(macs_band or [0.5, 1.0])
@@ -151,6 +160,7 @@ class TrilevelSearcher:
         self.grad_clip, self.train_portion = grad_clip, train_portion
         self.macs_target = macs_target if macs_target is not None else macs_target_from(objective)
         self.macs_weight, self.macs_band, self.macs_mode = float(macs_weight), band, macs_mode
+        self.macs_pull = macs_pull
         self.order_weight, self.order_mode = order_weight, order_mode
         self.sandwich, self.warmup_epochs = sandwich, warmup_epochs
         self.teacher_spec, self.teacher_weight, self.hr_weight = teacher, teacher_weight, hr_weight
@@ -188,6 +198,8 @@ class TrilevelSearcher:
         if self.macs_target:
             ratio = terms["macs"] / self.macs_target
             penalty = {"hinge": F.relu(ratio - 1.0), "linear": ratio, "target": (ratio - 1.0).abs()}[self.macs_mode]
+            if self.macs_mode == "target" and self.macs_pull == "cells" and float(ratio.detach()) < 1.0:
+                penalty = 1.0 - model.expected_macs(self.out_hw, detach_gamma=True) / self.macs_target
             terms["macs_term"] = self.macs_weight * penalty
         terms["order"] = order_loss(model.arch_gamma, model.order_paths(), self.order_mode, self.order_weight)
         terms["total"] = terms["fidelity"] + terms.get("macs_term", 0.0) + terms["order"]

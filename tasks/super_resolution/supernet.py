@@ -211,8 +211,10 @@ class TrilevelSupernet(nn.Module):
         base = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return self.tail(out) + base
 
-    def expected_macs(self, out_hw: tuple[int, int] = (720, 1280)) -> torch.Tensor:
-        """E[MACs] at an output of `out_hw` under the relaxed gamma, alpha, beta (see the module docstring)."""
+    def expected_macs(self, out_hw: tuple[int, int] = (720, 1280), detach_gamma: bool = False) -> torch.Tensor:
+        """E[MACs] at an output of `out_hw` under the relaxed gamma, alpha, beta (see the module docstring).
+
+        `detach_gamma`: the same value with no gradient to the network level (the path weights)."""
         lr_pixels = (out_hw[0] / self.scale) * (out_hw[1] / self.scale)
         head, tail = head_tail_macs(self.num_feat, self.scale)
         total = torch.tensor(float(head + tail))
@@ -231,6 +233,7 @@ class TrilevelSupernet(nn.Module):
                 cost = torch.tensor(float(upsampler_macs(self.num_feat, self.factors[node[:-1].count("U")])))
             node_cost[node] = node_cost[node[:-1]] + pixels * cost
         gamma = self.relaxed(self.arch_gamma)
+        gamma = gamma.detach() if detach_gamma else gamma
         total = total + sum(gamma[i] * node_cost[p] for i, p in enumerate(self.paths))
         return total * lr_pixels
 

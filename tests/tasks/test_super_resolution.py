@@ -264,3 +264,30 @@ def test_macs_term_forms(mode):
         ratio = expected / target
         hand = {"hinge": max(ratio - 1, 0.0), "linear": ratio, "target": abs(ratio - 1)}[mode]
         assert term == pytest.approx(3.0 * hand, rel=1e-5)
+
+
+def test_macs_pull_below_target_spares_the_network_level():
+    """`macs_pull: cells`: below the target the MACs term moves alpha/beta, not gamma; above it, all levels."""
+    space = tiny_space()
+    sup = space.supernet()
+    with torch.no_grad():
+        for a in sup.arch_parameters():
+            a.copy_(1e-2 * torch.randn(a.shape, generator=torch.Generator().manual_seed(a.numel())))
+        expected = float(sup.expected_macs(space.cost_output))
+    lr, hr = torch.rand(1, 3, 6, 6), torch.rand(1, 3, 12, 12)
+
+    def grads(target, pull):
+        searcher = TrilevelSearcher(space, macs_target=target, macs_mode="target", macs_pull=pull, order_weight=0.0)
+        term = searcher.arch_loss(sup, lr, hr)["macs_term"]
+        gamma, alpha = torch.autograd.grad(term, [sup.arch_gamma, sup.stem[0].arch_alpha], allow_unused=True)
+        return (0.0 if gamma is None else float(gamma.abs().sum())), float(alpha.abs().sum()), float(term.detach())
+
+    gamma_cells, alpha_cells, term_cells = grads(2 * expected, "cells")
+    gamma_all, alpha_all, term_all = grads(2 * expected, "all")
+    assert gamma_cells == 0.0 and gamma_all > 0.0
+    assert alpha_cells == pytest.approx(alpha_all, rel=1e-5) and alpha_cells > 0.0
+    assert term_cells == pytest.approx(term_all, rel=1e-6) == pytest.approx(0.5, rel=1e-5)
+    gamma_over, _, _ = grads(expected / 2, "cells")  # over the target: pushed down on every level
+    assert gamma_over > 0.0
+    with pytest.raises(ConfigError, match="macs_pull"):
+        TrilevelSearcher(space, macs_pull="gamma")
