@@ -11,6 +11,12 @@ paper's numbers. Prints one table.
 
     .venv/bin/python benchmarks/detection.py                  # default: ~10 min on one core
     .venv/bin/python benchmarks/detection.py --epochs 24 --train 1024 --image-size 160   # bigger
+    .venv/bin/python benchmarks/detection.py --width 0.4 --head-blocks 0   # head MACs moved to the backbone
+
+The searched detector keeps the paper's layout by default (4 head blocks at
+the neck's width), which puts most of its MACs in the per-RoI head at this
+scale; `--head-blocks`, `--head-channels` and `--init` change that (see
+`benchmarks/detection_diag.py` and docs/benchmarks.md for what each does).
 
 MACs = multiply-accumulates (torch FlopCounterMode FLOPs / 2), counted on one
 test image in eval mode (so with the proposals the RPN actually keeps).
@@ -39,6 +45,10 @@ from tasks.detection.spaces import HitDetectorSpace, hit_detector_arch
 from tasks.detection.task import detection_loss, warmup_cosine
 
 PAPER = {"params": 27.12e6, "flops_800x1200": 272.3e9}
+#: torchvision RPN / RoI settings, the same for both detectors: 300/150 proposals before/after NMS in
+#: training, 150/50 at test, 32 RoIs sampled per image
+DETECTOR_KWARGS = dict(rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=150,
+                       rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
 
 
 def train_steps(model, dataset, epochs: int, batch_size: int, lr: float, seed: int, warmup: int = 50) -> list[float]:
@@ -98,6 +108,11 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=float, default=0.25, help="channel multiplier of the searched detector")
     p.add_argument("--fpn-channels", type=int, default=128,
                    help="neck/head channels before --width (the paper's 256; 128 x 0.25 = 32)")
+    p.add_argument("--head-blocks", type=int, default=4, help="searched box-head blocks (the paper's 4)")
+    p.add_argument("--head-channels", type=int, default=None,
+                   help="head blocks' channels before --width (default: --fpn-channels, the paper's layout)")
+    p.add_argument("--init", choices=("torch", "official"), default="torch",
+                   help="the searched detector's initialisation (official: ggjy/HitDet.pytorch's)")
     p.add_argument("--search-epochs", type=int, default=1)
     p.add_argument("--search-steps", type=int, default=12)
     p.add_argument("--arch-lr", type=float, default=3e-3, help="the paper's 4e-4 barely moves in a few steps")
@@ -114,10 +129,10 @@ def main(argv=None) -> int:
 
     data = shapes(image_size=args.image_size, train=args.train, val=16, test=args.test, seed=args.seed)
     size = args.image_size
-    kw = dict(rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=150,
-              rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
+    kw = DETECTOR_KWARGS
     space = HitDetectorSpace(num_classes=data.num_classes, width=args.width, fpn_channels=args.fpn_channels,
-                             fc_channels=4 * args.fpn_channels, min_size=size, max_size=size, detector_kwargs=kw)
+                             fc_channels=4 * args.fpn_channels, min_size=size, max_size=size, detector_kwargs=kw,
+                             head_blocks=args.head_blocks, head_channels=args.head_channels, init=args.init)
     print(f"searching ({args.search_epochs} epoch(s) x {args.search_steps} steps) ...", flush=True)
     t = time.perf_counter()
     searcher = HitDetSearcher(space, seed=args.seed, epochs=args.search_epochs, steps_per_epoch=args.search_steps,
@@ -143,7 +158,8 @@ def main(argv=None) -> int:
                                            min_size=size, max_size=size, **kw)
 
     rows = []
-    for label, model in ((f"Hit-Detector searched (width {args.width}, FPN {args.fpn_channels})", searched),
+    head = f", {args.head_blocks} head blocks" + (f" ({args.head_channels} ch)" if args.head_channels else "")
+    for label, model in ((f"Hit-Detector searched (width {args.width}, FPN {args.fpn_channels}{head})", searched),
                          (f"MobileNetV2-FPN x{wm} (FPN {fpn})", baseline)):
         print(f"training {label} ...", flush=True)
         t = time.perf_counter()

@@ -152,13 +152,25 @@ class BackboneWithNeck(nn.Module):
 
 
 class SearchBoxHead(nn.Module):
-    """Searched blocks on the 7x7 RoI features, then the shared FC (`SharedFCBBoxHead(num_fcs=1)`)."""
+    """Searched blocks on the 7x7 RoI features, then the shared FC (`SharedFCBBoxHead(num_fcs=1)`).
+
+    `head_channels` (default: `channels`, the paper's layout) is the width of
+    the blocks: the first block maps the RoI features' `channels` to it (no
+    residual then), the others keep it, and the FC reads `head_channels` x 7 x 7.
+    The official `MbblockHead` takes per-block `out_channels` (all 256 in the
+    released config); a narrower head frees per-RoI MACs for the backbone on a
+    fixed MACs budget. Measured on the shapes benchmark, it cost AP (the FC
+    then reads fewer RoI features); `head_blocks=0` (FC on the RoI features,
+    no searched head) did not (docs/benchmarks.md, detection diagnostics).
+    """
 
     def __init__(self, make: MakeFn, channels: int = 256, blocks: int = 4, fc_channels: int = 512,
-                 roi_size: int = 7, prefix: str = "head"):
+                 roi_size: int = 7, prefix: str = "head", head_channels: int | None = None):
         super().__init__()
-        self.blocks = nn.Sequential(*[make(f"{prefix}.block{i}.op", channels, channels, 1) for i in range(blocks)])
-        self.fc = nn.Linear(channels * roi_size * roi_size, fc_channels)
+        width = head_channels or channels
+        self.blocks = nn.Sequential(*[make(f"{prefix}.block{i}.op", channels if i == 0 else width, width, 1)
+                                      for i in range(blocks)])
+        self.fc = nn.Linear((width if blocks else channels) * roi_size * roi_size, fc_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fc(self.blocks(x).flatten(1)))
@@ -181,11 +193,61 @@ class HitRetinaNet(_DetectorMixin, RetinaNet):
     pass
 
 
+INITS = ("official", "torch")
+
+
+def init_weights(backbone: nn.Module, neck: nn.Module, head: nn.Module | None) -> None:
+    """The official code's initialisation for training from scratch (ggjy/HitDet.pytorch).
+
+    - backbone (`backbones/fbnet.py` `FBNet.init_weights(pretrained=None)`): mmcv
+      `kaiming_init` on every conv (normal, fan_out, ReLU gain, bias 0) and
+      `constant_init(1)` on every norm (weight 1, bias 0);
+    - neck (`necks/search_pafpn.py` `SearchPAFPN.init_weights`): `xavier_init(
+      distribution='uniform')` on every conv of the neck, the searched ops included;
+    - searched head blocks (`bbox_heads/auto_head/mbblock_ops.py` `ConvBNReLU`):
+      `kaiming_normal_(mode='fan_out', nonlinearity='relu')`; the shared FC
+      (`ConvFCBBoxHead.init_weights`): xavier uniform, bias 0.
+
+    torchvision's RPN head and box predictor keep their own initialisation
+    (normal std 0.01 for the RPN convs, as mmdetection's `RPNHead`).
+    """
+    for m in backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in neck.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    if head is not None:
+        for m in head.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
 def build_detector(make: MakeFn, num_classes: int, detector: str = "faster_rcnn",
                    stage_blocks: Sequence[int] = (4, 4, 8, 4), width: float = 1.0, divisor: int = 8,
                    fpn_channels: int = 256, fc_channels: int = 512, head_blocks: int = 4, min_size: int = 800,
-                   max_size: int = 1333, detector_kwargs: dict | None = None) -> nn.Module:
-    """A Faster R-CNN (or RetinaNet) on the searched backbone, neck and head; `num_classes` excludes background."""
+                   max_size: int = 1333, detector_kwargs: dict | None = None, head_channels: int | None = None,
+                   init: str = "torch") -> nn.Module:
+    """A Faster R-CNN (or RetinaNet) on the searched backbone, neck and head; `num_classes` excludes background.
+
+    `head_channels` (before `width`; None = the neck's width) sets the searched
+    box-head blocks' width (Faster R-CNN only); `init` is `torch` (PyTorch's
+    default layer initialisation, the default) or `official` (`init_weights`).
+    Trained from scratch on the shapes benchmark, `official` gave lower AP
+    (docs/benchmarks.md, detection diagnostics), so it is opt-in.
+    """
+    if init not in INITS:
+        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
     kwargs = dict(detector_kwargs or {})
     backbone = HitBackbone(make, stage_blocks, width, divisor)
     fpn = scale(fpn_channels, width, divisor)
@@ -194,12 +256,15 @@ def build_detector(make: MakeFn, num_classes: int, detector: str = "faster_rcnn"
     if detector == "faster_rcnn":
         neck = HitNeck(make, backbone.out_channels, fpn)
         fc = scale(fc_channels, width, divisor)
+        head = SearchBoxHead(make, fpn, head_blocks, fc,
+                             head_channels=scale(head_channels, width, divisor) if head_channels else None)
         model = HitFasterRCNN(
             BackboneWithNeck(backbone, neck), num_classes=None, min_size=min_size, max_size=max_size,
             rpn_anchor_generator=AnchorGenerator(kwargs.pop("anchor_sizes", sizes), ratios),
             box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, sampling_ratio=2),
-            box_head=SearchBoxHead(make, fpn, head_blocks, fc),
-            box_predictor=FastRCNNPredictor(fc, num_classes + 1), **kwargs)
+            box_head=head, box_predictor=FastRCNNPredictor(fc, num_classes + 1), **kwargs)
+        if init == "official":
+            init_weights(backbone, neck, head)
         return model
     if detector == "retinanet":
         neck = HitNeck(make, backbone.out_channels, fpn, start_level=1, extra_convs=2)
@@ -211,6 +276,8 @@ def build_detector(make: MakeFn, num_classes: int, detector: str = "faster_rcnn"
             *[make(f"head.block{i}.op", fpn, fpn, 1) for i in range(head_blocks)])
         head.regression_head.conv = nn.Sequential(
             *[make(f"head.block{i}.op", fpn, fpn, 1) for i in range(head_blocks)])
+        if init == "official":  # the searched subnet blocks as the head blocks; RetinaNetHead's own layers keep theirs
+            init_weights(backbone, neck, nn.ModuleList([head.classification_head.conv, head.regression_head.conv]))
         return HitRetinaNet(BackboneWithNeck(backbone, neck), num_classes + 1, min_size=min_size,
                             max_size=max_size, anchor_generator=anchors, head=head, **kwargs)
     raise ValueError(f"space.detector: expected faster_rcnn or retinanet, got {detector!r}")
@@ -223,5 +290,6 @@ __all__ = [
     "SearchBoxHead",
     "backbone_plan",
     "build_detector",
+    "init_weights",
     "scale",
 ]

@@ -171,7 +171,8 @@ def screen_detector(space, data, mu: float = 0.1, keep: int = 8, stage_blocks: S
                              detector=space.detector, width=space.width, divisor=space.divisor,
                              stage_blocks=stage_blocks, fpn_channels=space.fpn_channels,
                              fc_channels=space.fc_channels, head_blocks=space.head_blocks, min_size=space.min_size,
-                             max_size=space.max_size, detector_kwargs=space.detector_kwargs)
+                             max_size=space.max_size, detector_kwargs=space.detector_kwargs,
+                             head_channels=space.head_channels, init=space.init)
     default = small.default()
     result: dict[str, Any] = {"candidates": {c: list(space.candidates[c]) for c in space.candidates}, "details": {}}
     for comp in components:

@@ -24,7 +24,7 @@ from torch import nn
 
 from core.engine.registry import SPACES, ConfigError
 from core.space import Arch, Choice, ChoiceModule, SearchSpace
-from tasks.detection.models import build_detector
+from tasks.detection.models import INITS, build_detector
 from tasks.detection.ops import (
     ALL_OPS,
     OFFICIAL_NAMES,
@@ -91,12 +91,16 @@ class HitDetectorSpace(SearchSpace):
     `faster_rcnn` or `retinanet`; `min_size`/`max_size` are torchvision's
     resize bounds (800/1333 for COCO); `detector_kwargs` go to torchvision's
     `FasterRCNN`/`RetinaNet` (e.g. `rpn_post_nms_top_n_test`).
+    `head_channels` (before `width`; None = `fpn_channels`, the paper's) is
+    the searched box-head blocks' width; `init` is `torch` (PyTorch's layer
+    defaults) or `official` (the released code's, `models.init_weights`).
     """
 
     def __init__(self, num_classes: int = 80, candidates: Any = "paper", detector: str = "faster_rcnn",
                  width: float = 1.0, divisor: int = 8, stage_blocks: Sequence[int] = (4, 4, 8, 4),
                  fpn_channels: int = 256, fc_channels: int = 512, head_blocks: int = 4, min_size: int = 800,
-                 max_size: int = 1333, detector_kwargs: dict | None = None):
+                 max_size: int = 1333, detector_kwargs: dict | None = None, head_channels: int | None = None,
+                 init: str = "torch"):
         if detector not in ("faster_rcnn", "retinanet"):
             raise ConfigError(f"space.detector: expected faster_rcnn or retinanet, got {detector!r}")
         if len(stage_blocks) != 4 or min(stage_blocks) < 1:
@@ -105,7 +109,12 @@ class HitDetectorSpace(SearchSpace):
             raise ConfigError(f"space.width: expected a positive multiplier, got {width!r}")
         self.num_classes, self.detector, self.width, self.divisor = num_classes, detector, width, divisor
         self.stage_blocks = tuple(stage_blocks)
+        if head_channels is not None and head_channels < 1:
+            raise ConfigError(f"space.head_channels: expected a positive channel count or null, got {head_channels!r}")
+        if init not in INITS:
+            raise ConfigError(f"space.init: expected one of {', '.join(INITS)}, got {init!r}")
         self.fpn_channels, self.fc_channels, self.head_blocks = fpn_channels, fc_channels, head_blocks
+        self.head_channels, self.init = head_channels, init
         self.min_size, self.max_size = min_size, max_size
         self.detector_kwargs = dict(detector_kwargs or {})
         self.candidates = resolve_candidates(candidates)
@@ -131,7 +140,8 @@ class HitDetectorSpace(SearchSpace):
     def _detector(self, make, num_classes: int | None) -> nn.Module:
         return build_detector(make, self.num_classes if num_classes is None else num_classes, self.detector,
                               self.stage_blocks, self.width, self.divisor, self.fpn_channels, self.fc_channels,
-                              self.head_blocks, self.min_size, self.max_size, self.detector_kwargs)
+                              self.head_blocks, self.min_size, self.max_size, self.detector_kwargs,
+                              self.head_channels, self.init)
 
     def build(self, arch: Mapping[str, Any], num_classes: int | None = None, **_: Any) -> nn.Module:
         arch = self.check(arch)

@@ -63,3 +63,53 @@ def test_small_faster_rcnn_and_retinanet_train_and_detect():
         assert len(out) == 2 and out[0]["boxes"].shape[1] == 4
     retina = HitDetectorSpace(detector="retinanet", stage_blocks=(1, 1, 2, 1), head_blocks=1)
     assert "neck.lateral0.op" not in retina and "neck.lateral1.op" in retina
+
+
+def test_head_channels_and_head_blocks_set_the_box_head_width():
+    kw = dict(num_classes=3, width=0.25, stage_blocks=(1, 1, 2, 1), fpn_channels=128, fc_channels=256,
+              min_size=64, max_size=64)
+    full = HitDetectorSpace(**kw).build(HitDetectorSpace(**kw).default()).roi_heads.box_head
+    narrow_space = HitDetectorSpace(head_channels=64, **kw)  # 64 x 0.25 = 16 channels
+    narrow = narrow_space.build(narrow_space.default()).roi_heads.box_head
+    none_space = HitDetectorSpace(head_blocks=0, **kw)
+    none = none_space.build(none_space.default()).roi_heads.box_head
+    assert full.fc.in_features == 32 * 49 and narrow.fc.in_features == 16 * 49 and none.fc.in_features == 32 * 49
+    assert not any(n.startswith("head.") for n in none_space.names)
+    first, rest = narrow.blocks[0], narrow.blocks[1]
+    assert not first.use_residual and rest.use_residual
+    rois = torch.randn(5, 32, 7, 7)
+    for head in (full, narrow, none):
+        assert head.eval()(rois).shape == (5, 64)
+    from core.cost import count_macs
+
+    assert count_macs(narrow, rois[:1]) < count_macs(full, rois[:1])
+    with pytest.raises(Exception, match="head_channels"):
+        HitDetectorSpace(head_channels=0)
+
+
+def test_official_init_follows_the_released_code_and_torch_is_the_default():
+    from torch import nn
+
+    from tasks.detection.models import init_weights
+
+    kw = dict(num_classes=3, width=0.25, stage_blocks=(1, 1, 2, 1), min_size=64, max_size=64)
+    space = HitDetectorSpace(init="official", **kw)
+    torch.manual_seed(0)
+    model = space.build(space.default())
+    conv = next(m for m in model.backbone.body.modules() if isinstance(m, nn.Conv2d) and m.groups == 1
+                and m.weight[0].numel() > 1 and m.weight.shape[0] >= 64)
+    fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
+    assert abs(float(conv.weight.detach().std()) / (2 / fan_out) ** 0.5 - 1) < 0.25  # kaiming normal, fan_out, ReLU
+    pa = model.backbone.neck.pa_convs[0]
+    bound = (6 / (pa.weight[0].numel() + pa.weight.shape[0] * pa.weight[0, 0].numel())) ** 0.5
+    assert float(pa.weight.detach().abs().max()) <= bound and float(pa.bias.detach().abs().max()) == 0  # xavier uniform, bias 0
+    assert float(model.roi_heads.box_head.fc.bias.abs().max()) == 0
+    default = HitDetectorSpace(**kw)
+    assert default.init == "torch"
+    torch.manual_seed(0)
+    plain = default.build(default.default())
+    assert float(plain.backbone.neck.pa_convs[0].bias.abs().max()) > 0  # PyTorch's default init keeps a bias
+    init_weights(plain.backbone.body, plain.backbone.neck, plain.roi_heads.box_head)
+    assert float(plain.backbone.neck.pa_convs[0].bias.abs().max()) == 0
+    with pytest.raises(Exception, match="space.init"):
+        HitDetectorSpace(init="xavier")
