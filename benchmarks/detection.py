@@ -47,8 +47,8 @@ from tasks.detection.task import detection_loss, warmup_cosine
 PAPER = {"params": 27.12e6, "flops_800x1200": 272.3e9}
 #: torchvision RPN / RoI settings, the same for both detectors: 300/150 proposals before/after NMS in
 #: training, 150/50 at test, 32 RoIs sampled per image
-DETECTOR_KWARGS = dict(rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=150,
-                       rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
+DETECTOR_KWARGS = {"rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 150, "rpn_pre_nms_top_n_test": 150,
+                   "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32}
 
 
 def train_steps(model, dataset, epochs: int, batch_size: int, lr: float, seed: int, warmup: int = 50) -> list[float]:

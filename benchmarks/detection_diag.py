@@ -36,13 +36,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.detection import DETECTOR_KWARGS, cost_parts, train_steps  # noqa: E402
-from core.cost import count_macs, count_params  # noqa: E402
-from core.space import Arch  # noqa: E402
-from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn  # noqa: E402
-from tasks.detection.data import shapes  # noqa: E402
-from tasks.detection.metrics import coco_map, predict  # noqa: E402
-from tasks.detection.spaces import HitDetectorSpace  # noqa: E402
+from benchmarks.detection import DETECTOR_KWARGS, cost_parts, train_steps
+from core.cost import count_macs, count_params
+from core.space import Arch
+from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn
+from tasks.detection.data import shapes
+from tasks.detection.metrics import coco_map, predict
+from tasks.detection.spaces import HitDetectorSpace
 
 
 def build(args, num_classes: int):
@@ -61,7 +61,10 @@ def build(args, num_classes: int):
     torch.manual_seed(args.seed)
     model = space.build(Arch({**dict(space.default()), **arch}))
     if args.head == "mlp":  # torchvision's TwoMLPHead, as the baseline: fpn*49 -> rep -> rep
-        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+        from torchvision.models.detection.faster_rcnn import (
+            FastRCNNPredictor,
+            TwoMLPHead,
+        )
 
         fpn = model.backbone.out_channels
         rep = max(64, 4 * fpn)

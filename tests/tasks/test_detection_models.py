@@ -66,8 +66,8 @@ def test_small_faster_rcnn_and_retinanet_train_and_detect():
 
 
 def test_head_channels_and_head_blocks_set_the_box_head_width():
-    kw = dict(num_classes=3, width=0.25, stage_blocks=(1, 1, 2, 1), fpn_channels=128, fc_channels=256,
-              min_size=64, max_size=64)
+    kw = {"num_classes": 3, "width": 0.25, "stage_blocks": (1, 1, 2, 1), "fpn_channels": 128, "fc_channels": 256,
+          "min_size": 64, "max_size": 64}
     full = HitDetectorSpace(**kw).build(HitDetectorSpace(**kw).default()).roi_heads.box_head
     narrow_space = HitDetectorSpace(head_channels=64, **kw)  # 64 x 0.25 = 16 channels
     narrow = narrow_space.build(narrow_space.default()).roi_heads.box_head
@@ -92,7 +92,7 @@ def test_official_init_follows_the_released_code_and_torch_is_the_default():
 
     from tasks.detection.models import init_weights
 
-    kw = dict(num_classes=3, width=0.25, stage_blocks=(1, 1, 2, 1), min_size=64, max_size=64)
+    kw = {"num_classes": 3, "width": 0.25, "stage_blocks": (1, 1, 2, 1), "min_size": 64, "max_size": 64}
     space = HitDetectorSpace(init="official", **kw)
     torch.manual_seed(0)
     model = space.build(space.default())
