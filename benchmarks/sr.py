@@ -80,7 +80,8 @@ def parse_args(argv=None):
                    help="MSRResNet baseline width (default: the searched network's --num-feat; 0: any of 8..64)")
     p.add_argument("--no-baseline", action="store_true", help="train only the searched network (probes)")
     p.add_argument("--arch", default=None,
-                   help="skip the search: train this trilevel arch (a best_arch.json path or its JSON text)")
+                   help="skip the search: train this arch of the space, a searched one or a baseline such as "
+                        "{\"baseline\": \"msrresnet\", \"num_feat\": 16, \"num_block\": 16} (a path or JSON text)")
     p.add_argument("--json", default=None, help="also write the rows here")
     return p.parse_args(argv)
 
@@ -151,7 +152,8 @@ def main(argv=None) -> int:
         arch = searcher.fit(None, search_data)
     search_s = time.perf_counter() - t
     macs = space.macs(arch)
-    print(f"search: {search_s:.0f} s; derived path {arch['network.path']}, {macs / 1e9:.2f} GMACs", flush=True)
+    what = arch.to_dict().get("network.path") or arch.to_dict().get("baseline")  # --arch may name a baseline
+    print(f"search: {search_s:.0f} s; derived path {what}, {macs / 1e9:.2f} GMACs", flush=True)
     print("derived arch:", json.dumps(arch.to_dict()), flush=True)
 
     feat = args.num_feat if args.baseline_feat is None else args.baseline_feat
