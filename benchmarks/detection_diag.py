@@ -127,8 +127,8 @@ def main(argv=None) -> int:
     model.eval()
     body, rpn, head = cost_parts(model, example)
     with torch.no_grad():
-        n_props = len(model.rpn(model.transform([example[0]])[0], model.backbone(
-            model.transform([example[0]])[0].tensors))[0][0])
+        images = model.transform([example[0]])[0]
+        n_props = len(model.rpn(images, model.backbone(images.tensors))[0][0])
     row = {"tag": args.tag, "model": args.model, "AP": round(metrics["AP"], 2), "AP50": round(metrics["AP50"], 2),
            "AP75": round(metrics["AP75"], 2), "macs_M": round(count_macs(model, example) / 1e6, 1),
            "macs_untrained_M": round(macs0 / 1e6, 1), "body_M": round(body / 1e6, 1), "rpn_M": round(rpn / 1e6, 2),

@@ -19,14 +19,6 @@ from core.spaces.dna import DNA_BLOCK_CFGS, DNA_OPS, DNA_PUBLISHED, DNASpace, dn
 from core.strategies.dna import DNASearch, constrained_traversal
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # exact recounts: a and b as in METHODS.md (timm 0.1.x GenEfficientNet mirror); c and d recounted the same way here
 RECOUNT_PARAMS = {"a": 4_243_318, "b": 4_918_180, "c": 5_273_896, "d": 6_409_486}
 RECOUNT_MACS = {"a": 335.1e6, "b": 392.5e6, "c": 450.1e6, "d": 592.8e6}  # METHODS.md, SE gating and BN excluded

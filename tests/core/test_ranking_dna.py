@@ -4,7 +4,6 @@ so a candidate's score measures how well its features match the teacher's, not t
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 
@@ -15,14 +14,6 @@ import ranking
 from core.space import activate
 from core.spaces.cell201 import EDGE_NAMES, Cell201Space, CellNetwork, SearchCell
 from tasks.classification.data import digits
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _arch(space, op):
