@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="search and train on this torch device (e.g. cuda)")
+    p.add_argument("--train-seeds", type=int, default=1,
+                   help="train each network with this many seeds (seed, seed+1, ...): the table shows means, and "
+                        "the searched-vs-baseline difference is also printed per seed (paired)")
     p.add_argument("--test-set", action="append", default=None, metavar="NAME=DIR",
                    help="extra HR-only test set (default: ../shared/data/sr/Set5 and Set14 when present)")
     p.add_argument("--res-scale", type=float, default=0.2, help="cell residual scale (0.2 in the derivative code)")
@@ -86,7 +91,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def evaluate(model, dataset, scale):
+def evaluate(model, dataset, scale, device="cpu"):
     from tasks.super_resolution.metrics import psnr_y, ssim_y
 
     per_set: dict[str, list[tuple[float, float]]] = {}
@@ -94,7 +99,7 @@ def evaluate(model, dataset, scale):
     with torch.no_grad():
         for i, name in enumerate(dataset.names):
             lr, hr = dataset[i]
-            sr = model(lr[None])[0].clamp(0, 1)
+            sr = model(lr[None].to(device))[0].clamp(0, 1).cpu()
             per_set.setdefault(name.split("/", 1)[0], []).append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
     out = {}
     for s, values in per_set.items():
@@ -106,14 +111,16 @@ def evaluate(model, dataset, scale):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    # full fp32 on GPUs too: TF32 convolutions would move PSNR differences of a few hundredths of a dB
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     os.environ.setdefault("ARCHFORGE_NO_PROGRESS", "1")
     started = time.perf_counter()
 
     import tasks.super_resolution  # noqa: F401
     from core.cost import count_params
     from core.engine.registry import DATASETS
-    from core.space import Arch
     from core.engine.report import table
+    from core.space import Arch
     from tasks.super_resolution.searcher import TrilevelSearcher
     from tasks.super_resolution.space import TrilevelSpace, msrresnet_budget
     from tasks.super_resolution.task import train_steps
@@ -148,7 +155,7 @@ def main(argv=None) -> int:
                                     macs_target=args.macs_target, macs_weight=args.macs_weight,
                                     warmup_epochs=args.warmup_epochs,
                                     order_weight=args.order_weight, macs_mode=args.macs_mode,
-                                    macs_pull=args.macs_pull)
+                                    macs_pull=args.macs_pull, device=args.device)
         arch = searcher.fit(None, search_data)
     search_s = time.perf_counter() - t
     macs = space.macs(arch)
@@ -163,20 +170,30 @@ def main(argv=None) -> int:
                (f"MSRResNet f{baseline['num_feat']} b{baseline['num_block']} (basicsr)", baseline)]
     if args.no_baseline:
         entries = entries[:2]
-    rows = []
+    rows, per_seed = [], {}
     for label, a in entries:
-        torch.manual_seed(args.seed)
-        model = space.build(a)
-        t = time.perf_counter()
-        losses = train_steps(model, data.train, args.train_steps, args.batch, args.lr, args.seed)
-        train_s = time.perf_counter() - t
-        row = {"model": label, "params": count_params(model), "macs": space.macs(a), "train_s": train_s,
-               "final_l1": sum(losses[-50:]) / max(len(losses[-50:]), 1) if losses else float("nan"),
-               **evaluate(model, data.test, args.scale)}
+        runs = []
+        for k in range(1 if a.get("baseline") == "bicubic" else args.train_seeds):  # bicubic has nothing to train
+            seed = args.seed + k
+            torch.manual_seed(seed)
+            model = space.build(a)
+            t = time.perf_counter()
+            losses = train_steps(model, data.train, args.train_steps, args.batch, args.lr, seed, device=args.device)
+            runs.append({"seed": seed, "train_s": time.perf_counter() - t,
+                         "final_l1": sum(losses[-50:]) / max(len(losses[-50:]), 1) if losses else float("nan"),
+                         **evaluate(model, data.test, args.scale, args.device)})
+            print(f"{label}, training seed {seed}: trained {runs[-1]['train_s']:.0f} s, "
+                  f"embedded {runs[-1]['skimage_psnr']:.2f} dB", flush=True)
+        row = {"model": label, "params": count_params(model), "macs": space.macs(a),
+               **{key: statistics.mean(r[key] for r in runs) for key in runs[0] if key != "seed"}}
+        if len(runs) > 1:
+            row["skimage_psnr_sd"] = statistics.stdev(r["skimage_psnr"] for r in runs)
         rows.append(row)
-        print(f"{label}: trained {train_s:.0f} s", flush=True)
+        per_seed[label] = runs
     sets = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in rows[0] if k.endswith("_psnr")))
     columns = ["model", "params", "macs", "train_s", *[f"{s}_{m}" for s in sets for m in ("psnr", "ssim")]]
+    if args.train_seeds > 1:
+        columns.insert(5, "skimage_psnr_sd")
     print("\n" + table(rows + LITERATURE, columns))
     bic, ours, base = rows if len(rows) == 3 else (*rows, None)
     gain = ours["skimage_psnr"] - bic["skimage_psnr"]
@@ -184,11 +201,17 @@ def main(argv=None) -> int:
         f"searched - MSRResNet: {ours['skimage_psnr'] - base['skimage_psnr']:+.2f} dB at " \
         f"{ours['macs'] / base['macs']:.2f}x its MACs"
     print(f"\nsearched - bicubic on the embedded test photographs: {gain:+.2f} dB (target >= +2.0); {versus}")
+    if base is not None and args.train_seeds > 1:
+        for s in sets:
+            diffs = [o[f"{s}_psnr"] - b[f"{s}_psnr"] for o, b in zip(per_seed[ours["model"]], per_seed[base["model"]])]
+            print(f"  {s}, per training seed (paired): {' '.join(f'{d:+.2f}' for d in diffs)}; mean "
+                  f"{statistics.mean(diffs):+.3f} dB, searched >= baseline on {sum(d >= 0 for d in diffs)}/{len(diffs)}")
     print(f"search {search_s:.0f} s, total {time.perf_counter() - started:.0f} s, {args.threads} thread(s)")
     if args.json:
         history = searcher.history if searcher else None
         Path(args.json).write_text(json.dumps({"args": vars(args), "arch": arch.to_dict(), "search_s": search_s,
-                                               "history": history, "rows": rows}, indent=1, default=str))
+                                               "history": history, "rows": rows, "per_seed": per_seed},
+                                              indent=1, default=str))
     return 0
 
 

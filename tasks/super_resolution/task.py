@@ -185,13 +185,16 @@ class SuperResolutionTask(Task):
 
 
 def train_steps(model: nn.Module, dataset, steps: int, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
-                min_lr_ratio: float = 0.01, progress: bool = False, desc: str = "train") -> list[float]:
+                min_lr_ratio: float = 0.01, progress: bool = False, desc: str = "train",
+                device: str | torch.device = "cpu") -> list[float]:
     """A plain L1 training loop (Adam, cosine to `min_lr_ratio * lr` over `steps`) for tests and benchmarks,
-    where building a Lightning Trainer costs more than the training; returns the per-step losses."""
+    where building a Lightning Trainer costs more than the training; returns the per-step losses.
+    The model is moved to `device` and stays there."""
     from tqdm.auto import tqdm
 
     from core.strategies.spos import _progress_enabled
 
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         return []
@@ -206,7 +209,7 @@ def train_steps(model: nn.Module, dataset, steps: int, batch_size: int = 16, lr:
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not _progress_enabled(progress), dynamic_ncols=True)
     while len(losses) < steps:
         for lr_img, hr_img in loader:
-            loss = F.l1_loss(model(lr_img), hr_img)
+            loss = F.l1_loss(model(lr_img.to(device)), hr_img.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -218,4 +221,6 @@ def train_steps(model: nn.Module, dataset, steps: int, batch_size: int = 16, lr:
     bar.close()
     model.eval()
     return losses
-__all__ = ["SuperResolutionTask", "SROptions", "side_by_side", "l1_loss", "train_steps", "BASELINES"]
+
+
+__all__ = ["BASELINES", "SROptions", "SuperResolutionTask", "l1_loss", "side_by_side", "train_steps"]
