@@ -120,13 +120,13 @@ class SearchCell(nn.Module):
     def expected_macs(self, num_feat: int, ops: tuple[str, ...], alpha_w: torch.Tensor,
                       beta_w: torch.Tensor) -> torch.Tensor:
         """E[MACs per pixel] under the relaxed weights (widths independent: E[cin cout] = E[cin] E[cout])."""
-        mean = [torch.tensor(float(num_feat))] + [beta_w[j] @ self.width_channels for j in range(beta_w.shape[0])]
+        mean = [self.width_channels.new_tensor(float(num_feat))] + [beta_w[j] @ self.width_channels for j in range(beta_w.shape[0])]
         mean_sq = [mean[0] ** 2] + [beta_w[j] @ self.width_channels ** 2 for j in range(beta_w.shape[0])]
         mean, mean_sq = mean + [mean[0]], mean_sq + [mean_sq[0]]
         total = 0.0
         for j in range(alpha_w.shape[0]):
-            costs = torch.stack([torch.as_tensor(op_macs(op, mean[j], mean[j + 1], mean_sq[j + 1])).float()
-                                 for op in ops])
+            costs = torch.stack([torch.as_tensor(op_macs(op, mean[j], mean[j + 1], mean_sq[j + 1]),
+                                                 device=mean[0].device).float() for op in ops])
             total = total + alpha_w[j] @ costs
         return total
 
@@ -217,11 +217,12 @@ class TrilevelSupernet(nn.Module):
         `detach_gamma`: the same value with no gradient to the network level (the path weights)."""
         lr_pixels = (out_hw[0] / self.scale) * (out_hw[1] / self.scale)
         head, tail = head_tail_macs(self.num_feat, self.scale)
-        total = torch.tensor(float(head + tail))
+        device = self.arch_gamma.device  # the MACs term must live where the arch parameters do (CUDA too)
+        total = torch.tensor(float(head + tail), device=device)
         for cell in self.stem:
             total = total + cell.expected_macs(self.num_feat, self.ops, self.relaxed(cell.arch_alpha),
                                                self.relaxed(cell.arch_beta))
-        node_cost: dict[str, torch.Tensor] = {"": torch.tensor(0.0)}
+        node_cost: dict[str, torch.Tensor] = {"": torch.tensor(0.0, device=device)}
         for node in self.nodes[1:]:
             module, pixels = self.edges[node], 1.0
             for f in self.factors[:node[:-1].count("U")]:
@@ -230,7 +231,8 @@ class TrilevelSupernet(nn.Module):
                 cost = module.expected_macs(self.num_feat, self.ops, self.relaxed(module.arch_alpha),
                                             self.relaxed(module.arch_beta))
             else:
-                cost = torch.tensor(float(upsampler_macs(self.num_feat, self.factors[node[:-1].count("U")])))
+                cost = torch.tensor(float(upsampler_macs(self.num_feat, self.factors[node[:-1].count("U")])),
+                                    device=device)
             node_cost[node] = node_cost[node[:-1]] + pixels * cost
         gamma = self.relaxed(self.arch_gamma)
         gamma = gamma.detach() if detach_gamma else gamma

@@ -181,9 +181,6 @@ class SuperResolutionTask(Task):
         return out
 
 
-
-
-
 def train_steps(model: nn.Module, dataset, steps: int, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
                 min_lr_ratio: float = 0.01, progress: bool = False, desc: str = "train",
                 device: str | torch.device = "cpu") -> list[float]:

@@ -92,6 +92,14 @@ def test_macs_model_matches_the_flop_counter(scale):
     assert count_macs(base, torch.zeros(1, 3, 10, 12)) == msrresnet_macs(12, 2, scale, (10 * scale, 12 * scale))
 
 
+def test_expected_macs_lives_on_the_arch_parameters_device():
+    """The MACs term is built on the supernet's device (it once mixed CPU constants into CUDA parameters);
+    the meta device catches the same mix-up without a GPU."""
+    sup = tiny_space(scale=2, ops_per_cell=3).supernet().to("meta")
+    sup.set_relaxation("softmax")
+    assert sup.expected_macs((20, 24)).device.type == "meta"
+
+
 def test_search_derives_a_network_that_trains_and_beats_bicubic(tmp_path):
     torch.manual_seed(0)
     space = tiny_space()
