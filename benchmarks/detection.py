@@ -51,8 +51,11 @@ DETECTOR_KWARGS = {"rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 1
                    "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32}
 
 
-def train_steps(model, dataset, epochs: int, batch_size: int, lr: float, seed: int, warmup: int = 50) -> list[float]:
-    """SGD (momentum 0.9, wd 1e-4), linear warm-up then cosine, grad-norm clip 35: the same for both detectors."""
+def train_steps(model, dataset, epochs: int, batch_size: int, lr: float, seed: int, warmup: int = 50,
+                grad_norms: list | None = None, clip: float = 35.0) -> list[float]:
+    """SGD (momentum 0.9, wd 1e-4), linear warm-up then cosine, grad-norm clip 35: the same for both detectors.
+
+    `grad_norms`, when given, receives every step's gradient norm before clipping."""
     torch.manual_seed(seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
                                          generator=torch.Generator().manual_seed(seed))
@@ -66,7 +69,9 @@ def train_steps(model, dataset, epochs: int, batch_size: int, lr: float, seed: i
             loss, _ = detection_loss(model, images, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 35.0)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            if grad_norms is not None:
+                grad_norms.append(float(norm))
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
@@ -113,6 +118,9 @@ def main(argv=None) -> int:
                    help="head blocks' channels before --width (default: --fpn-channels, the paper's layout)")
     p.add_argument("--init", choices=("torch", "official"), default="torch",
                    help="the searched detector's initialisation (official: ggjy/HitDet.pytorch's)")
+    p.add_argument("--zero-init-residual", choices=("both", "searched", "none"), default="both",
+                   help="start every residual block as the identity (last BN weight 0): in both detectors (the "
+                        "default, the same rule for both), in the searched one only, or in neither")
     p.add_argument("--search-epochs", type=int, default=1)
     p.add_argument("--search-steps", type=int, default=12)
     p.add_argument("--arch-lr", type=float, default=3e-3, help="the paper's 4e-4 barely moves in a few steps")
@@ -132,7 +140,8 @@ def main(argv=None) -> int:
     kw = DETECTOR_KWARGS
     space = HitDetectorSpace(num_classes=data.num_classes, width=args.width, fpn_channels=args.fpn_channels,
                              fc_channels=4 * args.fpn_channels, min_size=size, max_size=size, detector_kwargs=kw,
-                             head_blocks=args.head_blocks, head_channels=args.head_channels, init=args.init)
+                             head_blocks=args.head_blocks, head_channels=args.head_channels, init=args.init,
+                             zero_init_residual=args.zero_init_residual != "none")
     print(f"searching ({args.search_epochs} epoch(s) x {args.search_steps} steps) ...", flush=True)
     t = time.perf_counter()
     searcher = HitDetSearcher(space, seed=args.seed, epochs=args.search_epochs, steps_per_epoch=args.search_steps,
@@ -145,17 +154,18 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     searched = space.build(arch)
     searched_macs = count_macs(searched, example)
+    zero_baseline = args.zero_init_residual == "both"
     grid = []
     for wm, fpn in itertools.product((0.25, 0.35, 0.5, 0.75, 1.0), (16, 24, 32, 48, 64, 96)):
         torch.manual_seed(args.seed)
         model = mobilenetv2_fpn_faster_rcnn(data.num_classes, wm, fpn_channels=fpn, representation=max(64, 4 * fpn),
-                                            min_size=size, max_size=size, **kw)
+                                            min_size=size, max_size=size, zero_init_residual=zero_baseline, **kw)
         grid.append((count_macs(model, example), wm, fpn))
     above = sorted(g for g in grid if g[0] >= searched_macs)
     _, wm, fpn = above[0] if above else max(grid)
     torch.manual_seed(args.seed)
     baseline = mobilenetv2_fpn_faster_rcnn(data.num_classes, wm, fpn_channels=fpn, representation=max(64, 4 * fpn),
-                                           min_size=size, max_size=size, **kw)
+                                           min_size=size, max_size=size, zero_init_residual=zero_baseline, **kw)
 
     rows = []
     head = f", {args.head_blocks} head blocks" + (f" ({args.head_channels} ch)" if args.head_channels else "")
@@ -171,7 +181,7 @@ def main(argv=None) -> int:
                      "first_loss": sum(losses[:5]) / 5, "last_loss": sum(losses[-5:]) / 5, "train_s": train_s})
     print(f"\nshapes {size}px, {args.train} train / {args.test} test images, {args.epochs} epochs x batch "
           f"{args.batch_size} for both; search {args.search_epochs} epoch(s) x {args.search_steps} steps "
-          f"({search_s:.0f} s); {args.threads} thread(s)")
+          f"({search_s:.0f} s); {args.threads} thread(s); zero-init residual: {args.zero_init_residual}")
     print(f"searched arch {arch.key}: " + ", ".join(f"{k}={v}" for k, v in sorted(arch.items())))
     print(table(rows, ["model", "params", "macs", "AP", "AP50", "AP75", "first_loss", "last_loss", "train_s"]))
     if not args.skip_released:

@@ -51,11 +51,13 @@ def build(args, num_classes: int):
         torch.manual_seed(args.seed)
         return mobilenetv2_fpn_faster_rcnn(num_classes, args.wm, fpn_channels=args.mbv2_fpn,
                                            representation=max(64, 4 * args.mbv2_fpn), min_size=size, max_size=size,
+                                           zero_init_residual=args.zero_res in ("backbone", "all"),
                                            **DETECTOR_KWARGS)
     space = HitDetectorSpace(num_classes=num_classes, width=args.width, fpn_channels=args.fpn_channels,
                              fc_channels=4 * args.fpn_channels, min_size=size, max_size=size,
                              detector_kwargs=DETECTOR_KWARGS, head_blocks=args.head_blocks,
-                             head_channels=args.head_channels, init=args.init)
+                             head_channels=args.head_channels, init=args.init,
+                             zero_init_residual=args.zero_res in ("space", "all"))
     arch = json.loads(Path(args.arch).read_text()) if args.arch else dict(space.default())
     arch = {k: v for k, v in arch.items() if k in space.names}
     torch.manual_seed(args.seed)
@@ -70,7 +72,60 @@ def build(args, num_classes: int):
         rep = max(64, 4 * fpn)
         model.roi_heads.box_head = TwoMLPHead(fpn * 49, rep)
         model.roi_heads.box_predictor = FastRCNNPredictor(rep, num_classes + 1)
+    apply_variants(model, args)
     return model
+
+
+def apply_variants(model, args) -> None:
+    """One-variable changes of the searched detector (A/B against the baseline's building blocks)."""
+    from torch import nn
+
+    body = model.backbone.body
+    if args.act == "relu6":  # MobileNetV2's activation in the searched backbone
+        for m in body.modules():
+            for name, child in m.named_children():
+                if isinstance(child, nn.ReLU):
+                    setattr(m, name, nn.ReLU6(inplace=True))
+    if args.bb_init == "mbv2":  # torchvision MobileNetV2's init: kaiming-normal fan-out, BN 1/0, bias 0
+        for m in body.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+    if args.zero_res in ("backbone", "all"):  # zero-init the last BN of every residual block (backbone, or all)
+        parts = [body] if args.zero_res == "backbone" else [model]
+        for part in parts:
+            for m in part.modules():
+                if getattr(m, "use_residual", False):
+                    last = [b for b in m.body.modules() if isinstance(b, nn.BatchNorm2d)][-1]
+                    nn.init.zeros_(last.weight)
+    if args.neck_init == "fpn":  # torchvision FPN's init on every neck conv: kaiming-uniform a=1, bias 0
+        for m in model.backbone.neck.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    if args.neck == "fpn":  # torchvision's FPN (1x1 laterals, 3x3 outputs, P6 max pool) on the searched backbone
+        from torchvision.ops.feature_pyramid_network import (
+            FeaturePyramidNetwork,
+            LastLevelMaxPool,
+        )
+
+        neck = model.backbone.neck
+        fpn = FeaturePyramidNetwork(body.out_channels, neck.out_channels, extra_blocks=LastLevelMaxPool())
+
+        class _Neck(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fpn, self.out_channels = fpn, neck.out_channels
+
+            def forward(self, feats):
+                return list(self.fpn({str(i): f for i, f in enumerate(feats)}).values())
+
+        model.backbone.neck = _Neck()
 
 
 def main(argv=None) -> int:
@@ -98,6 +153,17 @@ def main(argv=None) -> int:
     p.add_argument("--data-seed", type=int, default=0, help="the generated data set's seed (the benchmark's: 0)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="")
+    p.add_argument("--clip", type=float, default=35.0, help="gradient-norm clip (the benchmark's 35)")
+    p.add_argument("--zero-res", choices=("space", "none", "backbone", "all"), default="space",
+                   help="zero-init the last BN weight of every residual block: the space's default (all), none, "
+                        "the backbone's only, or all (for --model mbv2: backbone or all zero-init its blocks)")
+    p.add_argument("--act", choices=("relu", "relu6"), default="relu", help="searched backbone's activation")
+    p.add_argument("--bb-init", choices=("space", "mbv2"), default="space",
+                   help="mbv2: torchvision MobileNetV2's init on the searched backbone only")
+    p.add_argument("--neck-init", choices=("space", "fpn"), default="space",
+                   help="fpn: torchvision FPN's init on the searched neck's convs")
+    p.add_argument("--neck", choices=("search", "fpn"), default="search",
+                   help="fpn: torchvision's FPN in place of the searched neck")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("ARCHFORGE_NO_PROGRESS", "1")
@@ -121,7 +187,9 @@ def main(argv=None) -> int:
     example = data.test[0][0][None]
     macs0 = count_macs(model.eval(), example)
     t = time.perf_counter()
-    losses = train_steps(model, data.train, args.epochs, args.batch_size, args.lr, args.seed)
+    norms: list[float] = []
+    losses = train_steps(model, data.train, args.epochs, args.batch_size, args.lr, args.seed, grad_norms=norms,
+                         clip=args.clip)
     train_s = time.perf_counter() - t
     metrics = coco_map(data.test.coco, predict(model, data.test, batch_size=16))
     model.eval()
@@ -134,7 +202,10 @@ def main(argv=None) -> int:
            "macs_untrained_M": round(macs0 / 1e6, 1), "body_M": round(body / 1e6, 1), "rpn_M": round(rpn / 1e6, 2),
            "head_roi_M": round(head / 1e6, 3), "test_rois": n_props, "params": count_params(model),
            "first_loss": round(sum(losses[:5]) / 5, 3), "last_loss": round(sum(losses[-5:]) / 5, 3),
-           "train_s": round(train_s, 1), "s_per_step": round(train_s / max(len(losses), 1), 3),
+           "grad_norm_q": [round(sorted(norms)[int(q * (len(norms) - 1))], 1) for q in (0.1, 0.5, 0.9)],
+           "clipped": sum(n > args.clip for n in norms),
+           "last_clipped_step": max((i for i, n in enumerate(norms) if n > args.clip), default=None),
+           "norms_first20": [round(n, 1) for n in norms[:20]], "train_s": round(train_s, 1), "s_per_step": round(train_s / max(len(losses), 1), 3),
            "args": {k: v for k, v in vars(args).items() if k not in ("mode", "out")}}
     print(json.dumps(row), flush=True)
     return 0

@@ -16,11 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.detection import cost_parts  # noqa: E402
-from core.cost import count_macs  # noqa: E402
-from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn  # noqa: E402
-from tasks.detection.data import shapes  # noqa: E402
-from tasks.detection.spaces import HitDetectorSpace  # noqa: E402
+from benchmarks.detection import cost_parts
+from core.cost import count_macs
+from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn
+from tasks.detection.data import shapes
+from tasks.detection.spaces import HitDetectorSpace
 
 TEST_ROIS = 50
 
@@ -37,8 +37,8 @@ def breakdown(model, image: torch.Tensor, name: str) -> None:
 def main() -> None:
     torch.set_num_threads(1)
     data = shapes(image_size=128, train=8, val=4, test=4, seed=0)
-    kw = dict(rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=150,
-              rpn_post_nms_top_n_test=TEST_ROIS, box_batch_size_per_image=32)
+    kw = {"rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 150, "rpn_pre_nms_top_n_test": 150,
+              "rpn_post_nms_top_n_test": TEST_ROIS, "box_batch_size_per_image": 32}
     space = HitDetectorSpace(num_classes=data.num_classes, width=0.25, fpn_channels=128, fc_channels=512,
                              min_size=128, max_size=128, detector_kwargs=kw)
     image = data.test[0][0][None]

@@ -40,7 +40,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from tasks.detection.ops import conv_bn, make_op
+from tasks.detection.ops import conv_bn, make_op, zero_init_residuals
 
 MakeFn = Callable[[str, int, int, int], nn.Module]
 
@@ -237,7 +237,7 @@ def build_detector(make: MakeFn, num_classes: int, detector: str = "faster_rcnn"
                    stage_blocks: Sequence[int] = (4, 4, 8, 4), width: float = 1.0, divisor: int = 8,
                    fpn_channels: int = 256, fc_channels: int = 512, head_blocks: int = 4, min_size: int = 800,
                    max_size: int = 1333, detector_kwargs: dict | None = None, head_channels: int | None = None,
-                   init: str = "torch") -> nn.Module:
+                   init: str = "torch", zero_init_residual: bool = True) -> nn.Module:
     """A Faster R-CNN (or RetinaNet) on the searched backbone, neck and head; `num_classes` excludes background.
 
     `head_channels` (before `width`; None = the neck's width) sets the searched
@@ -265,6 +265,8 @@ def build_detector(make: MakeFn, num_classes: int, detector: str = "faster_rcnn"
             box_head=head, box_predictor=FastRCNNPredictor(fc, num_classes + 1), **kwargs)
         if init == "official":
             init_weights(backbone, neck, head)
+        if zero_init_residual:
+            zero_init_residuals(backbone)
         return model
     if detector == "retinanet":
         neck = HitNeck(make, backbone.out_channels, fpn, start_level=1, extra_convs=2)
@@ -278,6 +280,8 @@ def build_detector(make: MakeFn, num_classes: int, detector: str = "faster_rcnn"
             *[make(f"head.block{i}.op", fpn, fpn, 1) for i in range(head_blocks)])
         if init == "official":  # the searched subnet blocks as the head blocks; RetinaNetHead's own layers keep theirs
             init_weights(backbone, neck, nn.ModuleList([head.classification_head.conv, head.regression_head.conv]))
+        if zero_init_residual:
+            zero_init_residuals(backbone)
         return HitRetinaNet(BackboneWithNeck(backbone, neck), num_classes + 1, min_size=min_size,
                             max_size=max_size, anchor_generator=anchors, head=head, **kwargs)
     raise ValueError(f"space.detector: expected faster_rcnn or retinanet, got {detector!r}")

@@ -97,6 +97,26 @@ class ConvOp(_Residual):
         self.body = conv_bn(in_ch, out_ch, kernel, stride, dilation)
 
 
+def zero_init_residuals(module: nn.Module) -> int:
+    """Zero the weight of the last BatchNorm of every residual op in `module`; returns how many.
+
+    Each such block then starts as the identity (its branch outputs 0), the
+    `zero_init_residual` of mmdetection's and torchvision's ResNets (Goyal et
+    al., 2017). The released Hit-Detector initialises every norm to weight 1
+    and starts from an ImageNet-pretrained backbone; trained from scratch, its
+    15 residual backbone blocks at weight 1 give a gradient norm of 50-200 at
+    the first steps (MobileNetV2-FPN: 5-10), which the clip at 35 then cuts
+    (docs/benchmarks.md, detection diagnostics, fifth session).
+    """
+    count = 0
+    for m in module.modules():
+        if isinstance(m, _Residual) and m.use_residual:
+            norms = [b for b in m.body.modules() if isinstance(b, nn.BatchNorm2d)]
+            nn.init.zeros_(norms[-1].weight)
+            count += 1
+    return count
+
+
 def make_op(name: str, in_ch: int, out_ch: int, stride: int = 1) -> nn.Module:
     """Build candidate `name` mapping `in_ch` to `out_ch` channels at `stride`."""
     kind, k, d, e = parse_op(name)
@@ -128,4 +148,4 @@ PAPER_SUBSPACES: dict[str, tuple[str, ...]] = {
              "conv_k3_d1", "conv_k5_d1"),
 }
 
-__all__ = ["ALL_OPS", "OFFICIAL_NAMES", "PAPER_SUBSPACES", "conv_bn", "make_op", "parse_op"]
+__all__ = ["ALL_OPS", "OFFICIAL_NAMES", "PAPER_SUBSPACES", "conv_bn", "make_op", "parse_op", "zero_init_residuals"]

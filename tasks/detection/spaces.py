@@ -100,7 +100,7 @@ class HitDetectorSpace(SearchSpace):
                  width: float = 1.0, divisor: int = 8, stage_blocks: Sequence[int] = (4, 4, 8, 4),
                  fpn_channels: int = 256, fc_channels: int = 512, head_blocks: int = 4, min_size: int = 800,
                  max_size: int = 1333, detector_kwargs: dict | None = None, head_channels: int | None = None,
-                 init: str = "torch"):
+                 init: str = "torch", zero_init_residual: bool = True):
         if detector not in ("faster_rcnn", "retinanet"):
             raise ConfigError(f"space.detector: expected faster_rcnn or retinanet, got {detector!r}")
         if len(stage_blocks) != 4 or min(stage_blocks) < 1:
@@ -114,7 +114,7 @@ class HitDetectorSpace(SearchSpace):
         if init not in INITS:
             raise ConfigError(f"space.init: expected one of {', '.join(INITS)}, got {init!r}")
         self.fpn_channels, self.fc_channels, self.head_blocks = fpn_channels, fc_channels, head_blocks
-        self.head_channels, self.init = head_channels, init
+        self.head_channels, self.init, self.zero_init_residual = head_channels, init, bool(zero_init_residual)
         self.min_size, self.max_size = min_size, max_size
         self.detector_kwargs = dict(detector_kwargs or {})
         self.candidates = resolve_candidates(candidates)
@@ -141,7 +141,7 @@ class HitDetectorSpace(SearchSpace):
         return build_detector(make, self.num_classes if num_classes is None else num_classes, self.detector,
                               self.stage_blocks, self.width, self.divisor, self.fpn_channels, self.fc_channels,
                               self.head_blocks, self.min_size, self.max_size, self.detector_kwargs,
-                              self.head_channels, self.init)
+                              self.head_channels, self.init, self.zero_init_residual)
 
     def build(self, arch: Mapping[str, Any], num_classes: int | None = None, **_: Any) -> nn.Module:
         arch = self.check(arch)

@@ -111,7 +111,7 @@ class DetectionTask(Task):
 
     def space_overrides(self, data: DataSplits) -> dict[str, Any]:
         size = int(data.input_shape[1])
-        return {"num_classes": data.num_classes, "min_size": size, "max_size": int(round(size * 1333 / 800))
+        return {"num_classes": data.num_classes, "min_size": size, "max_size": round(size * 1333 / 800)
                 if size >= 512 else size}
 
     def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:

@@ -52,8 +52,8 @@ def test_mmdet_registry_bridge_builds_from_an_mmdet_config_dict():
 
     assert MODELS.module_dict["HitDetBackbone"] is HitDetBackbone
     assert MODELS.module_dict["HitDetPAFPN"] is HitDetPAFPN
-    cfg = dict(backbone=dict(type="HitDetBackbone", arch="hit_detector", width=0.125),
-               neck=dict(type="HitDetPAFPN", in_channels=released_in_channels(0.125), out_channels=32))
+    cfg = {"backbone": {"type": "HitDetBackbone", "arch": "hit_detector", "width": 0.125},
+               "neck": {"type": "HitDetPAFPN", "in_channels": released_in_channels(0.125), "out_channels": 32}}
     try:  # a working mmdetection (mmcv with compiled ops): the registry's own build by name
         import mmdet.models  # noqa: F401
 

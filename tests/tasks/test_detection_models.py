@@ -113,3 +113,54 @@ def test_official_init_follows_the_released_code_and_torch_is_the_default():
     assert float(plain.backbone.neck.pa_convs[0].bias.abs().max()) == 0
     with pytest.raises(Exception, match="space.init"):
         HitDetectorSpace(init="xavier")
+
+
+def test_residual_backbone_blocks_start_as_the_identity_by_default():
+    # zero_init_residual (default): the last BN of every residual backbone op starts at weight 0, so each
+    # residual block is the identity at init (trained from scratch with weight 1, the searched backbone's
+    # gradient norm started at 50-200 and the clip at 35 cut the first steps; docs/benchmarks.md, issue 6)
+    from torch import nn
+
+    from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn
+    from tasks.detection.ops import _Residual
+
+    kw = {"num_classes": 3, "width": 0.25, "head_blocks": 2, "min_size": 64, "max_size": 64}
+
+    def ops(module):
+        return [m for m in module.modules() if isinstance(m, _Residual)]
+
+    def last_bn(op):
+        return [b for b in op.body.modules() if isinstance(b, nn.BatchNorm2d)][-1]
+
+    space = HitDetectorSpace(**kw)
+    assert space.zero_init_residual
+    model = space.build(space.default()).train()
+    body = model.backbone.body
+    residual = [op for op in ops(body) if op.use_residual]
+    assert len(residual) == 15  # the stride-1 same-width blocks of stages 4+4+8+4
+    for op in residual:
+        cin = next(c for c in op.body.modules() if isinstance(c, nn.Conv2d)).in_channels
+        x = torch.randn(2, cin, 8, 8)
+        assert float(last_bn(op).weight.abs().max()) == 0 and torch.equal(op(x), x)
+    # stride-2 / width-changing backbone ops, the neck and the head keep weight 1
+    others = [op for op in ops(body) if not op.use_residual] + ops(model.backbone.neck) + ops(model.roi_heads)
+    assert others and all(float(last_bn(op).weight.min()) == 1 for op in others)
+    off = HitDetectorSpace(zero_init_residual=False, **kw)
+    assert all(float(last_bn(op).weight.min()) == 1 for op in ops(off.build(off.default())))
+    official = HitDetectorSpace(init="official", **kw)  # the zero init comes after the official init's BN = 1
+    assert all(float(last_bn(op).weight.abs().max()) == 0
+               for op in ops(official.build(official.default()).backbone.body) if op.use_residual)
+    # the supernet too: every candidate at a residual position is the identity, and so is the mixture
+    supernet = space.supernet().train()
+    choice = next(m for m in supernet.modules() if getattr(m, "name", "") == "backbone.block1.op")
+    cin = next(c for c in choice.modules() if isinstance(c, nn.Conv2d)).in_channels
+    x = torch.randn(2, cin, 8, 8)
+    assert torch.allclose(choice(x), x)
+    # the baseline's option: torchvision's MobileNetV2 blocks with a residual start as the identity
+    mbv2 = mobilenetv2_fpn_faster_rcnn(3, 0.5, fpn_channels=32, representation=64, min_size=64, max_size=64,
+                                       zero_init_residual=True).backbone.body
+    blocks = [m for m in mbv2.modules() if getattr(m, "use_res_connect", False)]
+    assert len(blocks) == 10
+    for block in blocks:
+        x = torch.randn(2, block.conv[0][0].in_channels, 8, 8)
+        assert torch.equal(block.train()(x), x)

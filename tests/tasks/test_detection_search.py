@@ -14,12 +14,12 @@ from tasks.detection.search import HitDetSearcher, candidate_costs
 from tasks.detection.spaces import HitDetectorSpace
 from tasks.detection.task import detection_loss
 
-TINY = dict(width=0.125, stage_blocks=(1, 1, 2, 1), head_blocks=1, min_size=64, max_size=64,
-            candidates={"backbone": ["ir_k3_d1_e1", "ir_k5_d1_e6"], "neck": ["sep_k3_d1", "conv_k5_d1"],
+TINY = {"width": 0.125, "stage_blocks": (1, 1, 2, 1), "head_blocks": 1, "min_size": 64, "max_size": 64,
+            "candidates": {"backbone": ["ir_k3_d1_e1", "ir_k5_d1_e6"], "neck": ["sep_k3_d1", "conv_k5_d1"],
                         "head": ["conv_k3_d1", "ir_k5_d1_e6"]},
-            detector_kwargs=dict(rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-                                 rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
-                                 box_batch_size_per_image=16, rpn_batch_size_per_image=32))
+            "detector_kwargs": {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+                                 "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
+                                 "box_batch_size_per_image": 16, "rpn_batch_size_per_image": 32}}
 
 
 @pytest.fixture(scope="module")
