@@ -13,6 +13,12 @@ no more MACs" holds by construction. Params and MACs are at a 1280x720 output.
 
     python benchmarks/sr.py                                  # defaults below, ~27 min on one core
     python benchmarks/sr.py --stem-cells 1 --path-cells 2 --macs-target 6e9 --train-steps 1000   # ~10 min
+    python benchmarks/sr.py --train-seeds 3 --device cuda    # 3 paired trainings per network, ~7 min on a GPU
+
+A single training seed moves either network by ~0.1 dB, as much as the
+difference being measured: `--train-seeds K` trains each network K times
+(seeds seed..seed+K-1, the same for both, so the differences are paired) and
+prints the per-seed differences with their mean.
 
 The defaults (5 stem cells + 1 path cell of 3 ops, base width 16, a
 18-GMACs target, 3,000 training steps) are the run docs/benchmarks.md
