@@ -146,7 +146,10 @@ def main(argv=None) -> int:
     p.add_argument("--train", type=int, default=192)
     p.add_argument("--test", type=int, default=64)
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--search-steps", type=int, default=12)
+    p.add_argument("--search-steps", type=int, default=12, help="search steps per epoch")
+    p.add_argument("--search-epochs", type=int, default=1)
+    p.add_argument("--arch-start-epoch", type=int, default=0, help="weights-only search epochs before alpha steps")
+    p.add_argument("--arch-lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0, help="initialisation and batch-order seed")
@@ -175,10 +178,12 @@ def main(argv=None) -> int:
         space = HitDetectorSpace(num_classes=data.num_classes, width=args.width, fpn_channels=args.fpn_channels,
                                  fc_channels=4 * args.fpn_channels, min_size=size, max_size=size,
                                  detector_kwargs=DETECTOR_KWARGS, head_blocks=args.head_blocks,
-                                 head_channels=args.head_channels, init=args.init)
+                                 head_channels=args.head_channels, init=args.init,
+                                 zero_init_residual=args.zero_res in ("space", "all"))
         t = time.perf_counter()
-        searcher = HitDetSearcher(space, seed=args.seed, epochs=1, steps_per_epoch=args.search_steps,
-                                  batch_size=args.batch_size // 2, lr=args.lr, arch_lr=3e-3, flops_lambda=0.01)
+        searcher = HitDetSearcher(space, seed=args.seed, epochs=args.search_epochs, steps_per_epoch=args.search_steps,
+                                  batch_size=args.batch_size // 2, lr=args.lr, arch_lr=args.arch_lr, flops_lambda=0.01,
+                                  arch_start_epoch=args.arch_start_epoch)
         arch = searcher.fit(None, data)
         Path(args.out).write_text(json.dumps(arch.to_dict(), indent=1, sort_keys=True))
         print(json.dumps({"search_s": round(time.perf_counter() - t, 1), "arch": arch.to_dict()}))
