@@ -46,6 +46,7 @@ from core.engine.report import table
 from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn
 from tasks.detection.data import collate, shapes
 from tasks.detection.metrics import coco_map, predict
+from tasks.detection.ops import PAPER_SUBSPACES, parse_op
 from tasks.detection.search import HitDetSearcher
 from tasks.detection.spaces import HitDetectorSpace, hit_detector_arch
 from tasks.detection.task import detection_loss, warmup_cosine
@@ -123,6 +124,9 @@ def main(argv=None) -> int:
                    help="searched box-head blocks (the paper's 4; 0: the FC reads the RoI features)")
     p.add_argument("--head-channels", type=int, default=None,
                    help="head blocks' channels before --width (default: --fpn-channels, the paper's layout)")
+    p.add_argument("--backbone-ops", choices=("undilated", "paper"), default="undilated",
+                   help="the searched backbone's candidates: the paper's 8-op sub-space without its dilated ops "
+                        "(the default at 128 px: ir_k3_d1_e3/e6, ir_k5_d1_e3/e6, ir_k7_d1_e6) or all 8")
     p.add_argument("--init", choices=("torch", "official"), default="torch",
                    help="the searched detector's initialisation (official: ggjy/HitDet.pytorch's)")
     p.add_argument("--zero-init-residual", choices=("both", "searched", "none"), default="both",
@@ -147,7 +151,11 @@ def main(argv=None) -> int:
     data = shapes(image_size=args.image_size, train=args.train, val=16, test=args.test, seed=args.seed)
     size = args.image_size
     kw = DETECTOR_KWARGS
-    space = HitDetectorSpace(num_classes=data.num_classes, width=args.width, fpn_channels=args.fpn_channels,
+    candidates = "paper"
+    if args.backbone_ops == "undilated":
+        candidates = {"backbone": [op for op in PAPER_SUBSPACES["backbone"] if parse_op(op)[2] == 1]}
+    space = HitDetectorSpace(num_classes=data.num_classes, candidates=candidates, width=args.width,
+                             fpn_channels=args.fpn_channels,
                              fc_channels=4 * args.fpn_channels, min_size=size, max_size=size, detector_kwargs=kw,
                              head_blocks=args.head_blocks, head_channels=args.head_channels, init=args.init,
                              zero_init_residual=args.zero_init_residual != "none")
@@ -197,7 +205,8 @@ def main(argv=None) -> int:
                      "first_loss": sum(losses[:5]) / 5, "last_loss": sum(losses[-5:]) / 5, "train_s": train_s})
     print(f"\nshapes {size}px, {args.train} train / {args.test} test images, {args.epochs} epochs x batch "
           f"{args.batch_size} for all; search {args.search_epochs} epoch(s) x {args.search_steps} steps "
-          f"({search_s:.0f} s); {args.threads} thread(s); zero-init residual: {args.zero_init_residual}")
+          f"({search_s:.0f} s); {args.threads} thread(s); zero-init residual: {args.zero_init_residual}; "
+          f"backbone ops: {args.backbone_ops}")
     print(f"searched arch {arch.key}: " + ", ".join(f"{k}={v}" for k, v in sorted(arch.items())))
     print(table(rows, ["model", "params", "macs", "AP", "AP50", "AP75", "first_loss", "last_loss", "train_s"]))
     if not args.skip_released:
