@@ -132,6 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--zero-init-residual", choices=("both", "searched", "none"), default="both",
                    help="start every residual block as the identity (last BN weight 0): in both detectors (the "
                         "default, the same rule for both), in the searched one only, or in neither")
+    p.add_argument("--search-zero-init", choices=("on", "off"), default="on",
+                   help="off: the search's supernet keeps BN weight 1 in its residual candidates (the derived "
+                        "detector still follows --zero-init-residual)")
     p.add_argument("--no-torchvision-init-row", action="store_true",
                    help="skip the third row (the baseline with torchvision's own init, trained as well by default)")
     p.add_argument("--search-epochs", type=int, default=1)
@@ -154,14 +157,17 @@ def main(argv=None) -> int:
     candidates = "paper"
     if args.backbone_ops == "undilated":
         candidates = {"backbone": [op for op in PAPER_SUBSPACES["backbone"] if parse_op(op)[2] == 1]}
-    space = HitDetectorSpace(num_classes=data.num_classes, candidates=candidates, width=args.width,
-                             fpn_channels=args.fpn_channels,
-                             fc_channels=4 * args.fpn_channels, min_size=size, max_size=size, detector_kwargs=kw,
-                             head_blocks=args.head_blocks, head_channels=args.head_channels, init=args.init,
-                             zero_init_residual=args.zero_init_residual != "none")
+    space_kw = {"num_classes": data.num_classes, "candidates": candidates, "width": args.width,
+                "fpn_channels": args.fpn_channels, "fc_channels": 4 * args.fpn_channels, "min_size": size,
+                "max_size": size, "detector_kwargs": kw, "head_blocks": args.head_blocks,
+                "head_channels": args.head_channels, "init": args.init,
+                "zero_init_residual": args.zero_init_residual != "none"}
+    space = HitDetectorSpace(**space_kw)
     print(f"searching ({args.search_epochs} epoch(s) x {args.search_steps} steps) ...", flush=True)
     t = time.perf_counter()
-    searcher = HitDetSearcher(space, seed=args.seed, epochs=args.search_epochs, steps_per_epoch=args.search_steps,
+    search_space = HitDetectorSpace(**{**space_kw, "zero_init_residual": False}) \
+        if args.search_zero_init == "off" else space
+    searcher = HitDetSearcher(search_space, seed=args.seed, epochs=args.search_epochs, steps_per_epoch=args.search_steps,
                               batch_size=args.batch_size // 2, lr=args.lr, arch_lr=args.arch_lr, flops_lambda=0.01)
     arch = searcher.fit(None, data)
     search_s = time.perf_counter() - t
@@ -206,7 +212,7 @@ def main(argv=None) -> int:
     print(f"\nshapes {size}px, {args.train} train / {args.test} test images, {args.epochs} epochs x batch "
           f"{args.batch_size} for all; search {args.search_epochs} epoch(s) x {args.search_steps} steps "
           f"({search_s:.0f} s); {args.threads} thread(s); zero-init residual: {args.zero_init_residual}; "
-          f"backbone ops: {args.backbone_ops}")
+          f"backbone ops: {args.backbone_ops}; search zero-init: {args.search_zero_init}")
     print(f"searched arch {arch.key}: " + ", ".join(f"{k}={v}" for k, v in sorted(arch.items())))
     print(table(rows, ["model", "params", "macs", "AP", "AP50", "AP75", "first_loss", "last_loss", "train_s"]))
     if not args.skip_released:

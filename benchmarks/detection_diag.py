@@ -19,6 +19,16 @@ Variants change one thing at a time:
     # the baseline
     python benchmarks/detection_diag.py train --model mbv2 --wm 0.75 --mbv2-fpn 64
 
+More one-variable knobs (fifth session): `--zero-res none|backbone|all`
+(the residual blocks' last BN weight at 0; the space's default is the
+backbone; for `--model mbv2` it zero-inits MobileNetV2's blocks), `--clip`
+(the gradient-norm clip, 35), `--act relu6`, `--bb-init mbv2`
+(torchvision MobileNetV2's init on the searched backbone), `--neck fpn`
+(torchvision's FPN in place of the searched neck), `--neck-init fpn`,
+`--data-seed`, and for `search`: `--search-epochs`, `--arch-start-epoch`,
+`--arch-lr`. The JSON line also holds the gradient norms (quantiles, the
+number of clipped steps, the first 20 steps).
+
 One thread (`--threads`). MACs as in the benchmark: FlopCounterMode FLOPs / 2
 on one 128 px test image in eval mode.
 """

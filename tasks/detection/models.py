@@ -245,6 +245,12 @@ def build_detector(make: MakeFn, num_classes: int, detector: str = "faster_rcnn"
     default layer initialisation, the default) or `official` (`init_weights`).
     Trained from scratch on the shapes benchmark, `official` gave lower AP
     (docs/benchmarks.md, detection diagnostics), so it is opt-in.
+    `zero_init_residual` (default) then zeroes the last BN weight of every
+    residual backbone op (`ops.zero_init_residuals`), so each such block
+    starts as the identity; the released code starts every norm at 1 (it
+    trains from an ImageNet-pretrained backbone). From scratch, weight 1
+    gave the 15 residual backbone blocks first gradient norms of 50-200 and
+    less than half the AP on the shapes benchmark (docs/benchmarks.md, issue 6).
     """
     if init not in INITS:
         raise ValueError(f"init: expected one of {INITS}, got {init!r}")

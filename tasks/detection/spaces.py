@@ -93,7 +93,9 @@ class HitDetectorSpace(SearchSpace):
     `FasterRCNN`/`RetinaNet` (e.g. `rpn_post_nms_top_n_test`).
     `head_channels` (before `width`; None = `fpn_channels`, the paper's) is
     the searched box-head blocks' width; `init` is `torch` (PyTorch's layer
-    defaults) or `official` (the released code's, `models.init_weights`).
+    defaults) or `official` (the released code's, `models.init_weights`);
+    `zero_init_residual` (default true) starts every residual backbone op as
+    the identity (last BN weight 0), in `build` and in `supernet` alike.
     """
 
     def __init__(self, num_classes: int = 80, candidates: Any = "paper", detector: str = "faster_rcnn",
