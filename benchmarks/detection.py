@@ -139,6 +139,8 @@ def main(argv=None) -> int:
                    help="skip the third row (the baseline with torchvision's own init, trained as well by default)")
     p.add_argument("--search-epochs", type=int, default=1)
     p.add_argument("--search-steps", type=int, default=12)
+    p.add_argument("--arch-start-epoch", type=int, default=0,
+                   help="search epochs of weight-only steps before the architecture steps start")
     p.add_argument("--arch-lr", type=float, default=3e-3, help="the paper's 4e-4 barely moves in a few steps")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=8)
@@ -168,7 +170,8 @@ def main(argv=None) -> int:
     search_space = HitDetectorSpace(**{**space_kw, "zero_init_residual": False}) \
         if args.search_zero_init == "off" else space
     searcher = HitDetSearcher(search_space, seed=args.seed, epochs=args.search_epochs, steps_per_epoch=args.search_steps,
-                              batch_size=args.batch_size // 2, lr=args.lr, arch_lr=args.arch_lr, flops_lambda=0.01)
+                              batch_size=args.batch_size // 2, lr=args.lr, arch_lr=args.arch_lr, flops_lambda=0.01,
+                              arch_start_epoch=args.arch_start_epoch)
     arch = searcher.fit(None, data)
     search_s = time.perf_counter() - t
     del searcher
@@ -210,7 +213,8 @@ def main(argv=None) -> int:
                      "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
                      "first_loss": sum(losses[:5]) / 5, "last_loss": sum(losses[-5:]) / 5, "train_s": train_s})
     print(f"\nshapes {size}px, {args.train} train / {args.test} test images, {args.epochs} epochs x batch "
-          f"{args.batch_size} for all; search {args.search_epochs} epoch(s) x {args.search_steps} steps "
+          f"{args.batch_size} for all; search {args.search_epochs} epoch(s) x {args.search_steps} steps, "
+          f"architecture steps from epoch {args.arch_start_epoch} "
           f"({search_s:.0f} s); {args.threads} thread(s); zero-init residual: {args.zero_init_residual}; "
           f"backbone ops: {args.backbone_ops}; search zero-init: {args.search_zero_init}")
     print(f"searched arch {arch.key}: " + ", ".join(f"{k}={v}" for k, v in sorted(arch.items())))
