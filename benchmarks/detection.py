@@ -32,6 +32,11 @@ same-size MobileNetV2-FPN with torchvision's own initialisation is trained
 as well, as a third row
 (`--no-torchvision-init-row` skips it).
 
+One training run per detector is noisy here (the AP of one detector spans
+~2x across seeds), so `--train-seeds K` trains every detector with the same
+K seeds (seed .. seed+K-1; the data and the search stay those of `--seed`)
+and prints the paired per-seed differences with their mean.
+
 MACs = multiply-accumulates (torch FlopCounterMode FLOPs / 2), counted on one
 test image in eval mode (so with the proposals the RPN actually keeps).
 """
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -157,6 +163,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-seeds", type=int, default=1,
+                   help="train each detector with this many seeds (seed, seed+1, ...; the same for all, so the "
+                        "differences are paired): the table shows means, the per-seed differences are printed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-released", action="store_true")
     args = p.parse_args(argv)
@@ -201,36 +210,50 @@ def main(argv=None) -> int:
         grid.append((count_macs(model, example), wm, fpn))
     above = sorted(g for g in grid if g[0] >= searched_macs)
     _, wm, fpn = above[0] if above else max(grid)
-    torch.manual_seed(args.seed)
-    baseline = mobilenetv2_fpn_faster_rcnn(data.num_classes, wm, fpn_channels=fpn, representation=max(64, 4 * fpn),
-                                           min_size=size, max_size=size, zero_init_residual=zero_baseline, **kw)
-    models = [(f"Hit-Detector searched (width {args.width}, FPN {args.fpn_channels}, {args.head_blocks} head blocks"
-               + (f" ({args.head_channels} ch)" if args.head_channels else "") + ")", searched),
-              (f"MobileNetV2-FPN x{wm} (FPN {fpn})" + (", zero-init residual" if zero_baseline else ""), baseline)]
-    if zero_baseline and not args.no_torchvision_init_row:  # the same baseline with torchvision's own init
-        torch.manual_seed(args.seed)
-        models.append((f"MobileNetV2-FPN x{wm} (FPN {fpn}), torchvision init",
-                       mobilenetv2_fpn_faster_rcnn(data.num_classes, wm, fpn_channels=fpn,
+    def baseline_factory(zero_init):
+        return lambda: mobilenetv2_fpn_faster_rcnn(data.num_classes, wm, fpn_channels=fpn,
                                                    representation=max(64, 4 * fpn), min_size=size, max_size=size,
-                                                   **kw)))
+                                                   zero_init_residual=zero_init, **kw)
 
-    rows = []
-    for label, model in models:
-        print(f"training {label} ...", flush=True)
-        t = time.perf_counter()
-        losses = train_steps(model, data.train, args.epochs, args.batch_size, args.lr, args.seed)
-        train_s = time.perf_counter() - t
-        metrics = coco_map(data.test.coco, predict(model, data.test, batch_size=16))
-        rows.append({"model": label, "params": count_params(model), "macs": count_macs(model, example),
-                     "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
-                     "first_loss": sum(losses[:5]) / 5, "last_loss": sum(losses[-5:]) / 5, "train_s": train_s})
+    models = [(f"Hit-Detector searched (width {args.width}, FPN {args.fpn_channels}, {args.head_blocks} head blocks"
+               + (f" ({args.head_channels} ch)" if args.head_channels else "") + ")", lambda: space.build(arch)),
+              (f"MobileNetV2-FPN x{wm} (FPN {fpn})" + (", zero-init residual" if zero_baseline else ""),
+               baseline_factory(zero_baseline))]
+    if zero_baseline and not args.no_torchvision_init_row:  # the same baseline with torchvision's own init
+        models.append((f"MobileNetV2-FPN x{wm} (FPN {fpn}), torchvision init", baseline_factory(False)))
+
+    rows, per_seed = [], {}
+    for label, build in models:
+        runs = []
+        for seed in range(args.seed, args.seed + args.train_seeds):
+            print(f"training {label}, seed {seed} ...", flush=True)
+            torch.manual_seed(seed)
+            model = build()
+            t = time.perf_counter()
+            losses = train_steps(model, data.train, args.epochs, args.batch_size, args.lr, seed)
+            train_s = time.perf_counter() - t
+            metrics = coco_map(data.test.coco, predict(model, data.test, batch_size=16))
+            runs.append({"AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
+                         "first_loss": sum(losses[:5]) / 5, "last_loss": sum(losses[-5:]) / 5, "train_s": train_s})
+        per_seed[label] = runs
+        row = {"model": label, "params": count_params(model), "macs": count_macs(model, example),
+               **{k: statistics.mean(r[k] for r in runs) for k in runs[0]}}
+        if len(runs) > 1:
+            row["AP_sd"] = statistics.stdev(r["AP"] for r in runs)
+        rows.append(row)
     print(f"\nshapes {size}px, {args.train} train / {args.test} test images, {args.epochs} epochs x batch "
           f"{args.batch_size} for all; search {args.search_epochs} epoch(s) x {args.search_steps} steps, "
           f"architecture steps from epoch {args.arch_start_epoch}, flops lambda {args.flops_lambda} "
           f"({search_s:.0f} s); {args.threads} thread(s); zero-init residual: {args.zero_init_residual}; "
           f"backbone ops: {args.backbone_ops}; search zero-init: {args.search_zero_init}")
     print(f"searched arch {arch.key}: " + ", ".join(f"{k}={v}" for k, v in sorted(arch.items())))
-    print(table(rows, ["model", "params", "macs", "AP", "AP50", "AP75", "first_loss", "last_loss", "train_s"]))
+    columns = ["model", "params", "macs", "AP", "AP50", "AP75", "first_loss", "last_loss", "train_s"]
+    print(table(rows, columns[:4] + ["AP_sd"] + columns[4:] if args.train_seeds > 1 else columns))
+    if args.train_seeds > 1:
+        ours, base = per_seed[models[0][0]], per_seed[models[1][0]]
+        diffs = [o["AP"] - b["AP"] for o, b in zip(ours, base)]
+        print(f"searched - baseline AP per training seed (paired): {' '.join(f'{d:+.2f}' for d in diffs)}; "
+              f"mean {statistics.mean(diffs):+.2f}, searched ahead on {sum(d > 0 for d in diffs)}/{len(diffs)}")
     if not args.skip_released:
         released = released_costs()
         for r in released:
