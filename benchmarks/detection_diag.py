@@ -97,21 +97,13 @@ def apply_variants(model, args) -> None:
                 if isinstance(child, nn.ReLU):
                     setattr(m, name, nn.ReLU6(inplace=True))
     if args.bb_init == "mbv2":  # torchvision MobileNetV2's init: kaiming-normal fan-out, BN 1/0, bias 0
-        for m in body.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        from core.spaces.mobile import init_weights
+
+        init_weights(body)
     if args.zero_res in ("backbone", "all"):  # zero-init the last BN of every residual block (backbone, or all)
-        parts = [body] if args.zero_res == "backbone" else [model]
-        for part in parts:
-            for m in part.modules():
-                if getattr(m, "use_residual", False):
-                    last = [b for b in m.body.modules() if isinstance(b, nn.BatchNorm2d)][-1]
-                    nn.init.zeros_(last.weight)
+        from tasks.detection.ops import zero_init_residuals
+
+        zero_init_residuals(body if args.zero_res == "backbone" else model)
     if args.neck_init == "fpn":  # torchvision FPN's init on every neck conv: kaiming-uniform a=1, bias 0
         for m in model.backbone.neck.modules():
             if isinstance(m, nn.Conv2d):
