@@ -151,10 +151,11 @@ def main(argv=None) -> int:
                         "detector still follows --zero-init-residual)")
     p.add_argument("--no-torchvision-init-row", action="store_true",
                    help="skip the third row (the baseline with torchvision's own init, trained as well by default)")
-    p.add_argument("--search-epochs", type=int, default=1)
-    p.add_argument("--search-steps", type=int, default=12)
-    p.add_argument("--arch-start-epoch", type=int, default=0,
-                   help="search epochs of weight-only steps before the architecture steps start")
+    p.add_argument("--search-epochs", type=int, default=4)
+    p.add_argument("--search-steps", type=int, default=24, help="steps per search epoch (24 = one pass of a half)")
+    p.add_argument("--arch-start-epoch", type=int, default=2,
+                   help="search epochs of weight-only steps before the architecture steps start (default: half, "
+                        "as the paper's schedule, alpha from epoch 6 of 12)")
     p.add_argument("--arch-lr", type=float, default=3e-3, help="the paper's 4e-4 barely moves in a few steps")
     p.add_argument("--flops-lambda", type=float, default=0.0,
                    help="weight of the search's normalised MACs term (default 0: detection loss only; the "

@@ -122,6 +122,9 @@ class HitDetSearcher:
             raise ConfigError(f"strategy.epochs: expected an integer >= 1, got {epochs!r}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ConfigError(f"strategy.steps_per_epoch: expected >= 1 or null, got {steps_per_epoch!r}")
+        if not 0 <= arch_start_epoch < epochs:
+            raise ConfigError(f"strategy.arch_start_epoch: expected 0 <= arch_start_epoch < epochs ({epochs}), got "
+                              f"{arch_start_epoch!r} (alpha would never train)")
         if flops_lambda < 0:
             raise ConfigError(f"strategy.flops_lambda: expected >= 0, got {flops_lambda!r}")
         self.space, self.seed, self.objective = space, seed, objective

@@ -11,7 +11,8 @@ TINY = ["data.image_size=64", "data.train=12", "data.val=4", "data.test=4", "spa
         "space.stage_blocks=[1,1,2,1]", "space.head_blocks=1", "space.candidates.backbone=[ir_k3_d1_e1,ir_k5_d1_e3]",
         "space.candidates.neck=[sep_k3_d1,conv_k3_d1]", "space.candidates.head=[conv_k3_d1,ir_k3_d1_e1]",
         "space.detector_kwargs.box_batch_size_per_image=16", "space.detector_kwargs.rpn_post_nms_top_n_test=20",
-        "space.detector_kwargs.rpn_pre_nms_top_n_test=50", "strategy.epochs=1", "strategy.steps_per_epoch=1",
+        "space.detector_kwargs.rpn_pre_nms_top_n_test=50", "strategy.epochs=1", "strategy.arch_start_epoch=0",
+        "strategy.steps_per_epoch=1",
         "strategy.batch_size=4", "train.epochs=1", "train.batch_size=4", "detection.warmup_steps=1",
         "detection.draw=2", "retrain.baselines=[]"]
 

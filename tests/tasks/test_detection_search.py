@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from core.engine.registry import ConfigError
 from core.space import Choice, ChoiceModule
 from tasks.detection.data import collate, shapes
 from tasks.detection.metrics import coco_map, predict
@@ -93,6 +94,20 @@ def test_flops_penalty_pushes_the_search_to_cheaper_ops(tiny_data):
     cheap = {name: space.choice(name).options[int(costs.argmin())] for name, (_, costs) in searcher._costs.items()}
     assert all(arch[name] == op for name, op in cheap.items())
     assert searcher.history[0]["cost"] > 0
+
+
+def test_arch_steps_wait_for_arch_start_epoch(tiny_data):
+    """The paper's schedule: weight-only epochs first, then alternating steps; alpha must not move before."""
+    space = HitDetectorSpace(num_classes=tiny_data.num_classes, **TINY)
+    searcher = HitDetSearcher(space, epochs=2, batch_size=4, steps_per_epoch=2, arch_lr=0.5, flops_lambda=50.0,
+                              arch_start_epoch=1)
+    searcher.fit(None, tiny_data)
+    warm, searched = searcher.history
+    assert warm["arch_loss"] == 0.0 and warm["cost"] == 0.0  # no architecture step in the weight-only epoch
+    assert searched["arch_loss"] > 0 and searched["cost"] > 0
+    assert min(max(p) - min(p) for p in searcher.alphas().values()) > 0.1
+    with pytest.raises(ConfigError, match="strategy.arch_start_epoch"):
+        HitDetSearcher(space, epochs=2, arch_start_epoch=2)
 
 
 def test_end_to_end_search_derives_a_detector_that_trains_and_is_measured(tiny_data, tmp_path):
