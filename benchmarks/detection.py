@@ -2,7 +2,9 @@
 
 One run: (1) the end-to-end Hit-Detector search (backbone, neck and head
 together, paper sub-spaces; FLOPs penalty lambda = 0 by default, the
-paper's 0.01 with `--flops-lambda 0.01`) on the shapes training set; (2)
+paper's 0.01 with `--flops-lambda 0.01`) on the shapes training set: 4
+epochs of 24 steps, the first 2 weight-only (the paper's schedule starts the
+architecture steps halfway, epoch 6 of 12); (2)
 the derived detector and a MobileNetV2-FPN Faster R-CNN
 (torchvision components, width and FPN channels chosen as the smallest grid
 point with at least the searched detector's MACs) trained with the same
@@ -11,6 +13,8 @@ Hit-Detector's parameters and MACs at 800x1333 and 800x1200 next to the
 paper's numbers. Prints one table.
 
     .venv/bin/python benchmarks/detection.py                  # default: ~6 min on one core
+    .venv/bin/python benchmarks/detection.py --train-seeds 3 --skip-released   # the verdict: 3 paired trainings
+    .venv/bin/python benchmarks/detection.py --random-arch --train-seeds 3     # control: a random arch, no search
     .venv/bin/python benchmarks/detection.py --width 0.25 --head-blocks 4   # the paper's layout (4 head blocks)
     .venv/bin/python benchmarks/detection.py --zero-init-residual none      # the init before 2026-11-23
 
@@ -21,16 +25,16 @@ the MACs and add no AP, so those MACs go to the backbone instead. Both
 detectors start every residual block as the identity (`--zero-init-residual
 both`: the last BN weight of the block is 0), the same rule for both; without
 it, the searched backbone's 15 residual blocks start with gradient norms of
-50-200 that the clip at 35 cuts. The search has no FLOPs penalty
-(`--flops-lambda 0`): with the paper's 0.01 the 12-step search mostly
-followed the MACs term (the zero-init residual candidates give the α steps
-no detection gradient at first) and derived cheap detectors (145-163M
-MACs, 2.9 AP below the baseline on average over seeds 0-4; at lambda 0:
-173-229M MACs, 1.7 AP above it, both well inside the seed spread). The
-baseline is matched to the derived detector's MACs either way. The
-same-size MobileNetV2-FPN with torchvision's own initialisation is trained
-as well, as a third row
-(`--no-torchvision-init-row` skips it).
+50-200 that the clip at 35 cuts. Because the supernet's residual candidates
+also start as the identity, their alpha gets no detection gradient until the
+weights have trained: a search with alpha steps from its first step (1 epoch
+of 12 steps, the default before the seventh session) derived detectors of
+uneven quality (16-39 AP over seeds 0-4); with the weight-only half first,
+every seed's arch beat the baseline on every training seed. The search has
+no FLOPs penalty by default (`--flops-lambda 0`), as measured in the sixth
+session; the baseline is matched to the derived detector's MACs either way.
+The same-size MobileNetV2-FPN with torchvision's own initialisation is
+trained as well, as a third row (`--no-torchvision-init-row` skips it).
 
 One training run per detector is noisy here (the AP of one detector spans
 ~2x across seeds), so `--train-seeds K` trains every detector with the same
@@ -46,6 +50,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import random
 import statistics
 import sys
 import time
@@ -153,9 +158,9 @@ def main(argv=None) -> int:
                    help="skip the third row (the baseline with torchvision's own init, trained as well by default)")
     p.add_argument("--search-epochs", type=int, default=4)
     p.add_argument("--search-steps", type=int, default=24, help="steps per search epoch (24 = one pass of a half)")
-    p.add_argument("--arch-start-epoch", type=int, default=2,
-                   help="search epochs of weight-only steps before the architecture steps start (default: half, "
-                        "as the paper's schedule, alpha from epoch 6 of 12)")
+    p.add_argument("--arch-start-epoch", type=int, default=None,
+                   help="search epochs of weight-only steps before the architecture steps start (default: half of "
+                        "--search-epochs, as the paper's schedule, alpha from epoch 6 of 12)")
     p.add_argument("--arch-lr", type=float, default=3e-3, help="the paper's 4e-4 barely moves in a few steps")
     p.add_argument("--flops-lambda", type=float, default=0.0,
                    help="weight of the search's normalised MACs term (default 0: detection loss only; the "
@@ -169,6 +174,9 @@ def main(argv=None) -> int:
                         "differences are paired): the table shows means, the per-seed differences are printed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-released", action="store_true")
+    p.add_argument("--random-arch", action="store_true",
+                   help="control: no search; a uniform sample of the same space (seeded by --seed) takes the searched "
+                        "detector's place, so the table says whether the search or the space wins")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("ARCHFORGE_NO_PROGRESS", "1")
@@ -186,16 +194,22 @@ def main(argv=None) -> int:
                 "head_channels": args.head_channels, "init": args.init,
                 "zero_init_residual": args.zero_init_residual != "none"}
     space = HitDetectorSpace(**space_kw)
-    print(f"searching ({args.search_epochs} epoch(s) x {args.search_steps} steps) ...", flush=True)
     t = time.perf_counter()
-    search_space = HitDetectorSpace(**{**space_kw, "zero_init_residual": False}) \
-        if args.search_zero_init == "off" else space
-    searcher = HitDetSearcher(search_space, seed=args.seed, epochs=args.search_epochs, steps_per_epoch=args.search_steps,
-                              batch_size=args.batch_size // 2, lr=args.lr, arch_lr=args.arch_lr, flops_lambda=args.flops_lambda,
-                              arch_start_epoch=args.arch_start_epoch)
-    arch = searcher.fit(None, data)
+    searcher_start = args.search_epochs // 2 if args.arch_start_epoch is None else args.arch_start_epoch
+    if args.random_arch:
+        print(f"random arch (seed {args.seed}), no search", flush=True)
+        arch = space.sample(random.Random(args.seed))
+    else:
+        print(f"searching ({args.search_epochs} epoch(s) x {args.search_steps} steps) ...", flush=True)
+        search_space = HitDetectorSpace(**{**space_kw, "zero_init_residual": False}) \
+            if args.search_zero_init == "off" else space
+        searcher = HitDetSearcher(search_space, seed=args.seed, epochs=args.search_epochs,
+                                  steps_per_epoch=args.search_steps, batch_size=args.batch_size // 2, lr=args.lr,
+                                  arch_lr=args.arch_lr, flops_lambda=args.flops_lambda,
+                                  arch_start_epoch=searcher_start)
+        arch = searcher.fit(None, data)
+        del searcher
     search_s = time.perf_counter() - t
-    del searcher
     example = data.test[0][0][None]
 
     torch.manual_seed(args.seed)
@@ -216,7 +230,8 @@ def main(argv=None) -> int:
                                                    representation=max(64, 4 * fpn), min_size=size, max_size=size,
                                                    zero_init_residual=zero_init, **kw)
 
-    models = [(f"Hit-Detector searched (width {args.width}, FPN {args.fpn_channels}, {args.head_blocks} head blocks"
+    name = "random arch" if args.random_arch else "Hit-Detector searched"
+    models = [(f"{name} (width {args.width}, FPN {args.fpn_channels}, {args.head_blocks} head blocks"
                + (f" ({args.head_channels} ch)" if args.head_channels else "") + ")", lambda: space.build(arch)),
               (f"MobileNetV2-FPN x{wm} (FPN {fpn})" + (", zero-init residual" if zero_baseline else ""),
                baseline_factory(zero_baseline))]
@@ -244,10 +259,12 @@ def main(argv=None) -> int:
         rows.append(row)
     print(f"\nshapes {size}px, {args.train} train / {args.test} test images, {args.epochs} epochs x batch "
           f"{args.batch_size} for all; search {args.search_epochs} epoch(s) x {args.search_steps} steps, "
-          f"architecture steps from epoch {args.arch_start_epoch}, flops lambda {args.flops_lambda} "
+          f"architecture steps from epoch {searcher_start}, flops lambda {args.flops_lambda} "
+          + ("[not run: --random-arch] " if args.random_arch else "") +
           f"({search_s:.0f} s); {args.threads} thread(s); zero-init residual: {args.zero_init_residual}; "
           f"backbone ops: {args.backbone_ops}; search zero-init: {args.search_zero_init}")
-    print(f"searched arch {arch.key}: " + ", ".join(f"{k}={v}" for k, v in sorted(arch.items())))
+    kind = "random" if args.random_arch else "searched"
+    print(f"{kind} arch {arch.key}: " + ", ".join(f"{k}={v}" for k, v in sorted(arch.items())))
     columns = ["model", "params", "macs", "AP", "AP50", "AP75", "first_loss", "last_loss", "train_s"]
     print(table(rows, columns[:4] + ["AP_sd"] + columns[4:] if args.train_seeds > 1 else columns))
     if args.train_seeds > 1:

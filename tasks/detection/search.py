@@ -10,7 +10,12 @@ trained first order against
 where C is the mixture-weighted sum of the candidates' FLOPs. Weights train on
 one half of the training set and architecture parameters on the other,
 alternating step by step (the architecture step first, as in DARTS); the
-architecture is derived by argmax per layer.
+architecture is derived by argmax per layer. The first half of the epochs
+train the weights only (`arch_start_epoch`, default `epochs // 2`), as the
+paper's schedule starts alpha at epoch 6 of 12: until the weights have
+trained, alpha's gradient carries little signal (with zero-init residual
+candidates, none at all), and a search that moved alpha from its first step
+derived detectors of uneven quality (docs/benchmarks.md, issue 6).
 
 Cost units: the paper does not state C's unit. Each candidate's MACs are
 counted once at its position (torch's FlopCounterMode, MACs = FLOPs / 2) on a
@@ -111,7 +116,7 @@ class HitDetSearcher:
                  batch_size: int = 8, steps_per_epoch: int | None = None, train_portion: float = 0.5,
                  lr: float = 0.02, momentum: float = 0.9, weight_decay: float = 1e-4, grad_clip: float | None = 35.0,
                  arch_lr: float = 4e-4, arch_betas: tuple[float, float] = (0.5, 0.999), arch_weight_decay: float = 0.0,
-                 arch_start_epoch: int = 0, flops_lambda: float = 0.01, cost_normalize: bool = True,
+                 arch_start_epoch: int | None = None, flops_lambda: float = 0.01, cost_normalize: bool = True,
                  screening: dict | None = None, checkpoint: str | None = None, progress: bool = False,
                  device: str = "cpu"):
         if not isinstance(space, HitDetectorSpace):
@@ -122,6 +127,8 @@ class HitDetSearcher:
             raise ConfigError(f"strategy.epochs: expected an integer >= 1, got {epochs!r}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ConfigError(f"strategy.steps_per_epoch: expected >= 1 or null, got {steps_per_epoch!r}")
+        if arch_start_epoch is None:  # the paper's schedule: alpha trains in the second half (epochs 6-12 of 12)
+            arch_start_epoch = epochs // 2
         if not 0 <= arch_start_epoch < epochs:
             raise ConfigError(f"strategy.arch_start_epoch: expected 0 <= arch_start_epoch < epochs ({epochs}), got "
                               f"{arch_start_epoch!r} (alpha would never train)")
