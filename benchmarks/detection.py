@@ -229,6 +229,7 @@ def main(argv=None) -> int:
                                   arch_lr=args.arch_lr, flops_lambda=args.flops_lambda,
                                   arch_start_epoch=searcher_start)
         arch = searcher.fit(None, data)
+        args.search_steps = searcher.epoch_steps  # what ran: an epoch is at most one pass over a half
         del searcher
     search_s = time.perf_counter() - t
     example = data.test[0][0][None]

@@ -200,6 +200,7 @@ class HitDetSearcher:
         train_half, val_half = self._halves(data)
         steps = math.ceil(len(train_half) / self.batch_size)
         steps = min(steps, self.steps_per_epoch) if self.steps_per_epoch else steps
+        self.epoch_steps = steps  # steps_per_epoch caps an epoch; one pass over the weight half is the most
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.epochs * steps)
         start_epoch, history, _ = resume_epoch_state(
             self.checkpoint, CHECKPOINT_FORMAT, self.space, "Hit-Detector search", self.epochs,
