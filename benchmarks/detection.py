@@ -27,11 +27,13 @@ both`: the last BN weight of the block is 0), the same rule for both; without
 it, the searched backbone's 15 residual blocks start with gradient norms of
 50-200 that the clip at 35 cuts. Because the supernet's residual candidates
 also start as the identity, their alpha gets no detection gradient until the
-weights have trained: a search with alpha steps from its first step (1 epoch
-of 12 steps, the default before the seventh session) derived detectors of
-uneven quality (16-39 AP over seeds 0-4); with the weight-only half first,
-the searched detector was ahead of the baseline on 14 of 15 paired
-trainings over seeds 0-4. With that schedule the paper's lambda = 0.01 works
+weights have trained: the search before the seventh session (1 epoch of 12
+steps, half a pass over each half, alpha from its first step) derived
+detectors of uneven quality (16-39 AP over seeds 0-4); 4 epochs of 24 steps
+with the weight-only half first put the searched detector ahead of the
+baseline on 14 of 15 paired trainings over seeds 0-4 (both the length and
+the weight-only half matter: `--arch-start-epoch 0` lost AP on 2 of 3
+seeds). With that schedule the paper's lambda = 0.01 works
 (the sixth session had dropped it to 0, because the short search followed
 only the MACs term); the baseline is matched to the derived detector's MACs
 either way. `--random-arch` replaces the search by a uniform sample of the

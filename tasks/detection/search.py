@@ -14,8 +14,10 @@ architecture is derived by argmax per layer. The first half of the epochs
 train the weights only (`arch_start_epoch`, default `epochs // 2`), as the
 paper's schedule starts alpha at epoch 6 of 12: until the weights have
 trained, alpha's gradient carries little signal (with zero-init residual
-candidates, none at all), and a search that moved alpha from its first step
-derived detectors of uneven quality (docs/benchmarks.md, issue 6).
+candidates, none at all, so a FLOPs term moves alpha alone). On the shapes
+benchmark a 4-epoch search with alpha from its first step derived cheaper,
+weaker detectors on 2 of 3 seeds than the same search with the weight-only
+half (docs/benchmarks.md, issue 6, seventh session).
 
 Cost units: the paper does not state C's unit. Each candidate's MACs are
 counted once at its position (torch's FlopCounterMode, MACs = FLOPs / 2) on a
