@@ -294,8 +294,8 @@ def main(argv=None) -> int:
     if args.train_seeds > 1:
         ours, base = per_seed[models[0][0]], per_seed[models[1][0]]
         diffs = [o["AP"] - b["AP"] for o, b in zip(ours, base)]
-        print(f"searched - baseline AP per training seed (paired): {' '.join(f'{d:+.2f}' for d in diffs)}; "
-              f"mean {statistics.mean(diffs):+.2f}, searched ahead on {sum(d > 0 for d in diffs)}/{len(diffs)}")
+        print(f"{kind} - baseline AP per training seed (paired): {' '.join(f'{d:+.2f}' for d in diffs)}; "
+              f"mean {statistics.mean(diffs):+.2f}, {kind} ahead on {sum(d > 0 for d in diffs)}/{len(diffs)}")
     if not args.skip_released:
         released = released_costs()
         for r in released:
