@@ -31,9 +31,8 @@ weights have trained: the search before the seventh session (1 epoch of 12
 steps, half a pass over each half, alpha from its first step) derived
 detectors of uneven quality (16-39 AP over seeds 0-4); 4 epochs of 24 steps
 with the weight-only half first put the searched detector ahead of the
-baseline on 14 of 15 paired trainings over seeds 0-4 (both the length and
-the weight-only half matter: `--arch-start-epoch 0` lost AP on 2 of 3
-seeds). With that schedule the paper's lambda = 0.01 works
+baseline on 14 of 15 paired trainings over seeds 0-4 (the length does
+most of it: with `--arch-start-epoch 0`, 11 of 15, cheaper archs). With that schedule the paper's lambda = 0.01 works
 (the sixth session had dropped it to 0, because the short search followed
 only the MACs term); the baseline is matched to the derived detector's MACs
 either way. `--random-arch` replaces the search by a uniform sample of the

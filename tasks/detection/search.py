@@ -16,9 +16,9 @@ paper's schedule starts alpha at epoch 6 of 12 (stated for its screening
 stage; METHODS.md records no separate one for the search): until the weights have
 trained, alpha's gradient carries little signal (with zero-init residual
 candidates, none at all, so a FLOPs term moves alpha alone). On the shapes
-benchmark a 4-epoch search with alpha from its first step derived cheaper,
-weaker detectors on 2 of 3 seeds than the same search with the weight-only
-half (docs/benchmarks.md, issue 6, seventh session).
+benchmark a 4-epoch search with alpha from its first step derived cheaper
+detectors on 5 of 5 seeds, weaker on 3, than the same search with the
+weight-only half (docs/benchmarks.md, issue 6, seventh session).
 
 Cost units: the paper does not state C's unit. Each candidate's MACs are
 counted once at its position (torch's FlopCounterMode, MACs = FLOPs / 2) on a
