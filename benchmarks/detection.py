@@ -2,9 +2,8 @@
 
 One run: (1) the end-to-end Hit-Detector search (backbone, neck and head
 together, paper sub-spaces, the paper's FLOPs penalty lambda = 0.01) on
-the shapes training set: 4
-epochs of 24 steps, the first 2 weight-only (the paper's schedule starts the
-architecture steps halfway, epoch 6 of 12); (2)
+the shapes training set: 4 epochs of 24 steps, the first 2 weight-only (the
+paper's schedule starts the architecture steps halfway, epoch 6 of 12); (2)
 the derived detector and a MobileNetV2-FPN Faster R-CNN
 (torchvision components, width and FPN channels chosen as the smallest grid
 point with at least the searched detector's MACs) trained with the same
@@ -31,10 +30,10 @@ weights have trained: the search before the seventh session (1 epoch of 12
 steps, half a pass over each half, alpha from its first step) derived
 detectors of uneven quality (16-39 AP over seeds 0-4); 4 epochs of 24 steps
 with the weight-only half first put the searched detector ahead of the
-baseline on 14 of 15 paired trainings over seeds 0-4 (the length does
-most of it: with `--arch-start-epoch 0`, 11 of 15, cheaper archs). With that schedule the paper's lambda = 0.01 works
-(the sixth session had dropped it to 0, because the short search followed
-only the MACs term); the baseline is matched to the derived detector's MACs
+baseline on 14 of 15 paired trainings over seeds 0-4 (the length does most
+of it: with `--arch-start-epoch 0`, 11 of 15, cheaper archs). With that
+schedule the paper's lambda = 0.01 works (the sixth session had dropped it
+to 0, because the short search followed only the MACs term); the baseline is matched to the derived detector's MACs
 either way. `--random-arch` replaces the search by a uniform sample of the
 same space: a control for how much of the margin is the search's.
 The same-size MobileNetV2-FPN with torchvision's own initialisation is
@@ -141,11 +140,11 @@ def random_arch(space: HitDetectorSpace, rng: random.Random, image: torch.Tensor
                 tries: int = 500):
     """A uniform sample of `space`; with `max_macs` (millions), the first sample whose MACs on `image` lie in
     [0.9, 1.0] x max_macs (rejection sampling, so still uniform within that band)."""
+    if max_macs is None:
+        print("random arch (no search)", flush=True)
+        return space.sample(rng)
     for attempt in range(1, tries + 1):
         arch = space.sample(rng)
-        if max_macs is None:
-            print("random arch (no search)", flush=True)
-            return arch
         macs = count_macs(space.build(arch).eval(), image) / 1e6
         if 0.9 * max_macs <= macs <= max_macs:
             print(f"random arch (no search): {macs:.1f}M MACs after {attempt} samples", flush=True)
@@ -219,10 +218,11 @@ def main(argv=None) -> int:
                 "head_channels": args.head_channels, "init": args.init,
                 "zero_init_residual": args.zero_init_residual != "none"}
     space = HitDetectorSpace(**space_kw)
+    example = data.test[0][0][None]
     t = time.perf_counter()
-    searcher_start = args.search_epochs // 2 if args.arch_start_epoch is None else args.arch_start_epoch
+    search_steps, arch_start = args.search_steps, args.arch_start_epoch
     if args.random_arch:
-        arch = random_arch(space, random.Random(args.seed), data.test[0][0][None], args.random_macs)
+        arch = random_arch(space, random.Random(args.seed), example, args.random_macs)
     else:
         print(f"searching ({args.search_epochs} epoch(s) x {args.search_steps} steps) ...", flush=True)
         search_space = HitDetectorSpace(**{**space_kw, "zero_init_residual": False}) \
@@ -230,12 +230,12 @@ def main(argv=None) -> int:
         searcher = HitDetSearcher(search_space, seed=args.seed, epochs=args.search_epochs,
                                   steps_per_epoch=args.search_steps, batch_size=args.batch_size // 2, lr=args.lr,
                                   arch_lr=args.arch_lr, flops_lambda=args.flops_lambda,
-                                  arch_start_epoch=searcher_start)
+                                  arch_start_epoch=args.arch_start_epoch)
         arch = searcher.fit(None, data)
-        args.search_steps = searcher.epoch_steps  # what ran: an epoch is at most one pass over a half
+        # what ran: an epoch is at most one pass over a half; the searcher resolves the default start epoch
+        search_steps, arch_start = searcher.epoch_steps, searcher.arch_start_epoch
         del searcher
     search_s = time.perf_counter() - t
-    example = data.test[0][0][None]
 
     torch.manual_seed(args.seed)
     searched = space.build(arch)
@@ -250,6 +250,7 @@ def main(argv=None) -> int:
         grid.append((count_macs(model, example), wm, fpn))
     above = sorted(g for g in grid if g[0] >= searched_macs)
     _, wm, fpn = above[0] if above else max(grid)
+
     def baseline_factory(zero_init):
         return lambda: mobilenetv2_fpn_faster_rcnn(data.num_classes, wm, fpn_channels=fpn,
                                                    representation=max(64, 4 * fpn), min_size=size, max_size=size,
@@ -283,8 +284,8 @@ def main(argv=None) -> int:
             row["AP_sd"] = statistics.stdev(r["AP"] for r in runs)
         rows.append(row)
     print(f"\nshapes {size}px, {args.train} train / {args.test} test images, {args.epochs} epochs x batch "
-          f"{args.batch_size} for all; search {args.search_epochs} epoch(s) x {args.search_steps} steps, "
-          f"architecture steps from epoch {searcher_start}, flops lambda {args.flops_lambda} "
+          f"{args.batch_size} for all; search {args.search_epochs} epoch(s) x {search_steps} steps, "
+          f"architecture steps from epoch {arch_start}, flops lambda {args.flops_lambda} "
           + ("[not run: --random-arch] " if args.random_arch else "") +
           f"({search_s:.0f} s); {args.threads} thread(s); zero-init residual: {args.zero_init_residual}; "
           f"backbone ops: {args.backbone_ops}; search zero-init: {args.search_zero_init}")

@@ -13,8 +13,8 @@ alternating step by step (the architecture step first, as in DARTS); the
 architecture is derived by argmax per layer. The first half of the epochs
 train the weights only (`arch_start_epoch`, default `epochs // 2`), as the
 paper's schedule starts alpha at epoch 6 of 12 (stated for its screening
-stage; METHODS.md records no separate one for the search): until the weights have
-trained, alpha's gradient carries little signal (with zero-init residual
+stage; METHODS.md records no separate one for the search): until the
+weights have trained, alpha's gradient carries little signal (with zero-init residual
 candidates, none at all, so a FLOPs term moves alpha alone). On the shapes
 benchmark a 4-epoch search with alpha from its first step derived cheaper
 detectors on 5 of 5 seeds, weaker on 3, than the same search with the
