@@ -72,7 +72,7 @@ from tasks.detection.data import collate, shapes
 from tasks.detection.metrics import coco_map, predict
 from tasks.detection.ops import PAPER_SUBSPACES, parse_op
 from tasks.detection.search import HitDetSearcher
-from tasks.detection.spaces import HitDetectorSpace, hit_detector_arch
+from tasks.detection.space import HitDetectorSpace, hit_detector_arch
 from tasks.detection.task import detection_loss, warmup_cosine
 
 PAPER = {"params": 27.12e6, "flops_800x1200": 272.3e9}

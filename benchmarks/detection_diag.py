@@ -48,11 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.detection import DETECTOR_KWARGS, cost_parts, train_steps
 from core.cost import count_macs, count_params
-from core.space import Arch
+from core.api import Arch
 from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn
 from tasks.detection.data import shapes
 from tasks.detection.metrics import coco_map, predict
-from tasks.detection.spaces import HitDetectorSpace
+from tasks.detection.space import HitDetectorSpace
 
 
 def build(args, num_classes: int):
@@ -97,7 +97,7 @@ def apply_variants(model, args) -> None:
                 if isinstance(child, nn.ReLU):
                     setattr(m, name, nn.ReLU6(inplace=True))
     if args.bb_init == "mbv2":  # torchvision MobileNetV2's init: kaiming-normal fan-out, BN 1/0, bias 0
-        from core.spaces.mobile import init_weights
+        from core.zoo.mobile import init_weights
 
         init_weights(body)
     if args.zero_res in ("backbone", "all"):  # zero-init the last BN of every residual block (backbone, or all)

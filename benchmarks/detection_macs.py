@@ -20,7 +20,7 @@ from benchmarks.detection import cost_parts
 from core.cost import count_macs
 from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn
 from tasks.detection.data import shapes
-from tasks.detection.spaces import HitDetectorSpace
+from tasks.detection.space import HitDetectorSpace
 
 TEST_ROIS = 50
 

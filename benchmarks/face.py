@@ -45,7 +45,7 @@ from core.cost import count_macs, count_params
 from core.engine.config import validate
 from core.engine.report import table
 from core.engine.runs import seed_everything
-from core.strategies.darts_search import DartsSearcher
+from core.oneshot.darts import DartsSearcher
 from tasks.face_recognition.data import face_synthetic
 from tasks.face_recognition.distill import TeacherSchedule
 from tasks.face_recognition.iresnet import IResNet

@@ -35,7 +35,7 @@ given the same number of weight-update steps (batches of 64) on `digits().train`
     last ReLU: a cell201 cell outputs pre-activation sums, like DNA's
     MBConv blocks and EfficientNet stages, which end in a linear projection), one uniformly sampled
     path per step (S/2 steps per block, Adam lr 0.005, weight decay 1e-4,
-    lr x 0.9 per epoch: `core.strategies.dna`'s recipe). A
+    lr x 0.9 per epoch: `core.oneshot.dna`'s recipe). A
     cell's score is the sum over blocks of DNA's `cl_loss` = mean|y_hat - y| /
     std(y) on `digits().val` after BN recalibration of the block on one
     training batch (DNA's reset batch; official `_potential` and
@@ -44,7 +44,7 @@ given the same number of weight-update steps (batches of 64) on `digits().train`
     (`--teacher-epochs`) is extra, as DNA assumes a trained teacher.
     `--dna-teacher-convs 2 --no-dna-output-bn` restores the estimator
     measured before this change (docs/weight_sharing.md).
-(c) **DC-NAS** (`core.strategies.dcnas.dcnas_scores`): a SPOS supernet
+(c) **DC-NAS** (`core.oneshot.dcnas.dcnas_scores`): a SPOS supernet
     trained for S - K * f steps, then the subset is clustered (K =
     `--clusters` by k-means on per-layer feature changes), scored per cluster
     by the supernet evaluator, and each cluster's winner fine-tuned for f =
@@ -87,10 +87,10 @@ from core.distill import SmallCNN, StagedTeacher  # noqa: E402
 from core.evaluation.supernet import SupernetEvaluator, recalibrate_bn  # noqa: E402
 from core.evaluation.tabular import TabularEvaluator  # noqa: E402
 from core.objective import Objective  # noqa: E402
-from core.space import activate  # noqa: E402
-from core.spaces.cell201 import Cell201Space, CellNetwork, SearchCell  # noqa: E402
-from core.strategies.dcnas import dcnas_scores  # noqa: E402
-from core.strategies.spos import train_supernet  # noqa: E402
+from core.api import activate  # noqa: E402
+from core.zoo.cell201 import Cell201Space, CellNetwork, SearchCell  # noqa: E402
+from core.oneshot.dcnas import dcnas_scores  # noqa: E402
+from core.supernet.spos import train_supernet  # noqa: E402
 from tasks.classification.data import digits  # noqa: E402
 
 BATCH = 64
@@ -292,7 +292,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=5)
     parser.add_argument("--final-steps", type=int, default=20)
     parser.add_argument("--dna-recal-batches", type=int, default=1,
-                        help="training batches for DNA's BN recalibration (its reset batch: 1, as core.strategies.dna)")
+                        help="training batches for DNA's BN recalibration (its reset batch: 1, as core.oneshot.dna)")
     parser.add_argument("--dna-teacher-convs", type=int, default=4,
                         help="conv layers per teacher stage (4; 2 was the teacher before the output-BN change)")
     parser.add_argument("--dna-output-bn", action=argparse.BooleanOptionalAction, default=True,

@@ -23,7 +23,7 @@ from core.evaluation import FunctionEvaluator  # noqa: E402
 from core.journal import Journal  # noqa: E402
 from core.objective import Objective  # noqa: E402
 from core.search import Search  # noqa: E402
-from core.space import Choice, SearchSpace  # noqa: E402
+from core.api import Choice, SearchSpace  # noqa: E402
 from core.strategies import RegularizedEvolution  # noqa: E402
 
 SPACE = SearchSpace([Choice(f"c{i}", tuple(range(4))) for i in range(20)])

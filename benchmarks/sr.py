@@ -126,8 +126,8 @@ def main(argv=None) -> int:
     from core.cost import count_params
     from core.engine.registry import DATASETS
     from core.engine.report import table
-    from core.space import Arch
-    from tasks.super_resolution.searcher import TrilevelSearcher
+    from core.api import Arch
+    from tasks.super_resolution.search import TrilevelSearcher
     from tasks.super_resolution.space import TrilevelSpace, msrresnet_budget
     from tasks.super_resolution.task import train_steps
 

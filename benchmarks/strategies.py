@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import core.spaces  # noqa: E402,F401
+import core.zoo  # noqa: E402,F401
 import core.strategies  # noqa: E402,F401
 from core.engine.registry import STRATEGIES  # noqa: E402
 from core.engine.report import table  # noqa: E402

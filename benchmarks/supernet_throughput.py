@@ -39,10 +39,10 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from core.evaluation.supernet import SupernetEvaluator, recalibrate_bn  # noqa: E402
-from core.spaces.cell201 import Cell201Space  # noqa: E402
-from core.spaces.mobile import digits_space  # noqa: E402
-from core.strategies.dcnas import _score  # noqa: E402
-from core.strategies.spos import train_supernet  # noqa: E402
+from core.zoo.cell201 import Cell201Space  # noqa: E402
+from core.zoo.mobile import digits_space  # noqa: E402
+from core.oneshot.dcnas import _score  # noqa: E402
+from core.supernet.spos import train_supernet  # noqa: E402
 from tasks.classification.data import digits  # noqa: E402
 
 BATCH = 64

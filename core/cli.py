@@ -44,7 +44,7 @@ def load_task(cfg: dict[str, Any]):
 
 # -- shared steps ----------------------------------------------------------------------------
 def _read_arch(path: str, key: str):
-    from core.space import Arch
+    from core.api import Arch
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -94,7 +94,7 @@ def load_model(path: str, key: str):
     """Rebuild a trained model from `model.pt` (weights_only load; the config travels inside)."""
     from core.engine.config import validate
     from core.engine.runs import load_checkpoint
-    from core.space import Arch
+    from core.api import Arch
 
     p = Path(path).expanduser()
     if not p.is_file():

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from core.evaluation.base import Evaluator, safe_evaluate
 from core.evaluation.result import Result
-from core.space import Arch
+from core.api import Arch
 
 
 class SerialExecutor:

@@ -35,7 +35,7 @@ from core.evaluation.result import Result
 from core.executors import SerialExecutor
 from core.journal import Journal, Trial
 from core.objective import Objective
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 from core.strategies.base import Strategy
 
 

@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 @pytest.fixture
 def onemax_space():
     """20 choices of 4 options; the hidden target is option i % 4 for choice i."""
-    from core.space import Choice, SearchSpace
+    from core.api import Choice, SearchSpace
 
     return SearchSpace([Choice(f"c{i}", (0, 1, 2, 3)) for i in range(20)])
 

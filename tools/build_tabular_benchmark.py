@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from core.cost import count_macs, count_params  # noqa: E402
-from core.spaces.cell201 import Cell201Space, from_str, to_str  # noqa: E402
+from core.zoo.cell201 import Cell201Space, from_str, to_str  # noqa: E402
 from tasks.classification.data import digits  # noqa: E402
 
 DEFAULT_OUT = ROOT / "core" / "data" / "cell201_digits.json.gz"

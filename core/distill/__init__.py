@@ -1,6 +1,6 @@
 """Distillation: taps by module path, standard losses, the `Distiller`, teachers and multi-step KD.
 
-Blockwise distillation (DNA) lives in `core.strategies.dna`, which uses
+Blockwise distillation (DNA) lives in `core.oneshot.dna`, which uses
 `StagedTeacher` from here.
 """
 

@@ -7,6 +7,7 @@ TypeError deep inside a constructor.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import typing
 from collections.abc import Callable, Mapping
@@ -18,9 +19,19 @@ class ConfigError(ValueError):
 
 
 class Registry:
-    def __init__(self, kind: str):
+    """Names -> components. `providers` are the core packages whose import registers the built-in
+    components (fixed module names, imported on the first look-up; never a name from a config)."""
+
+    def __init__(self, kind: str, providers: tuple[str, ...] = ()):
         self.kind = kind
         self._items: dict[str, Callable] = {}
+        self._providers = providers
+
+    def _load_providers(self) -> None:
+        if self._providers:
+            providers, self._providers = self._providers, ()
+            for module in providers:
+                importlib.import_module(module)
 
     def register(self, name: str | None = None, obj: Callable | None = None):
         """Use as `@REG.register("name")` or `REG.register("name", obj)`."""
@@ -35,12 +46,15 @@ class Registry:
         return add(obj) if obj is not None else add
 
     def __contains__(self, name: str) -> bool:
+        self._load_providers()
         return name in self._items
 
     def names(self) -> list[str]:
+        self._load_providers()
         return sorted(self._items)
 
     def get(self, name: str, key: str = "name") -> Callable:
+        self._load_providers()
         try:
             return self._items[name]
         except KeyError:
@@ -102,9 +116,9 @@ def check_kwargs(target: Callable, section: Mapping[str, Any], key: str) -> dict
     return out
 
 
-SPACES = Registry("search space")
-STRATEGIES = Registry("strategy")
-EVALUATORS = Registry("evaluator")
+SPACES = Registry("search space", providers=("core.zoo",))
+STRATEGIES = Registry("strategy", providers=("core.strategies", "core.oneshot"))
+EVALUATORS = Registry("evaluator", providers=("core.evaluation",))
 DATASETS = Registry("dataset")
 MODELS = Registry("model")
 TASKS = Registry("task")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from core.evaluation.result import Result
-from core.space import Arch
+from core.api import Arch
 
 
 class Evaluator:

@@ -47,7 +47,7 @@ from core.engine.data import DataSplits
 from core.engine.registry import EVALUATORS, ConfigError
 from core.evaluation.base import Evaluator
 from core.evaluation.result import Result
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 
 
 class NaNLoss(RuntimeError):

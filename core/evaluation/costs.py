@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from core.cost import LatencyTable, count_macs, count_params, measure_latency
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 
 LATENCY_MODES = ("none", "measure", "table")
 

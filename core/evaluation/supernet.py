@@ -7,7 +7,7 @@ statistics of all the Batch Normalization operations are recalculated on a
 random subset of training data". Here:
 
 1. weights: `path="activate"` switches every `ChoiceModule` of the supernet
-   to the arch's option (`core.space.activate`; DARTS cells through
+   to the arch's option (`core.api.activate`; DARTS cells through
    `space.supernet_arch`), `path="inherit"` copies the arch's path out of the
    supernet into a standalone `space.build(arch)` (`space.inherit`, the
    mobile space's, which also slices narrower widths); `auto` inherits where
@@ -22,7 +22,7 @@ random subset of training data". Here:
 
 Metrics always include `params` and `macs` of the standalone network at full
 size (`space.build` + `core.cost`), as every evaluator's do. The supernet is
-a module, a checkpoint path written by `core.strategies.spos` (`checkpoint=`),
+a module, a checkpoint path written by `core.supernet.spos` (`checkpoint=`),
 or, when neither is given, trained here by SPOS for `epochs` epochs (resumable
 through `checkpoint`). An evaluation leaves the supernet's weights and
 buffers as it found them, so results do not depend on evaluation order.
@@ -46,7 +46,7 @@ from core.evaluation.base import Evaluator
 from core.evaluation.costs import CostMetrics
 from core.evaluation.result import Result
 from core.evaluation.train import topk_correct
-from core.space import Arch, SearchSpace, activate
+from core.api import Arch, SearchSpace, activate
 
 _PATH_MODES = ("auto", "activate", "inherit")
 
@@ -120,7 +120,7 @@ class SupernetEvaluator(Evaluator):
 
     # -- setup ------------------------------------------------------------------------------------
     def _load(self, supernet: str | nn.Module | None, checkpoint: str | None) -> nn.Module:
-        from core.strategies.spos import SPOSTrainer, load_supernet  # lazy: core.strategies imports core.evaluation
+        from core.supernet.spos import SPOSTrainer, load_supernet  # lazy: core.strategies imports core.evaluation
 
         if isinstance(supernet, nn.Module):
             return supernet
@@ -160,7 +160,7 @@ class SupernetEvaluator(Evaluator):
             build_params = inspect.signature(self.space.build).parameters
             overrides = {k: v for k, v in self.supernet_kwargs.items() if k in build_params}
             return self.space.inherit(self.supernet, arch, **overrides).to(self.device)
-        from core.strategies.spos import supernet_path
+        from core.supernet.spos import supernet_path
 
         activate(self.supernet, supernet_path(self.space, arch))
         return self.supernet

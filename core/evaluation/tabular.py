@@ -41,7 +41,7 @@ import numpy as np
 from core.engine.registry import EVALUATORS
 from core.evaluation.base import Evaluator
 from core.evaluation.result import Result
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 
 TABLE_NAME = "cell201_digits.json.gz"
 FORMAT = "archforge-tabular/1"
@@ -141,7 +141,7 @@ class TabularEvaluator(Evaluator):
 
     def __init__(self, space: SearchSpace | None = None, data: Any = None, path: str | None = None,
                  epoch: int | None = None, metric: str = "val", seed: int | None = None):
-        from core.spaces.cell201 import Cell201Space
+        from core.zoo.cell201 import Cell201Space
 
         self.table = load_table(path)
         built_with = self.table.meta.get("recipe", {}).get("space_config", {})
@@ -180,7 +180,7 @@ class TabularEvaluator(Evaluator):
 
     def row(self, arch: Any) -> int:
         """The table row of an arch (Arch, mapping or NAS-Bench-201 string)."""
-        from core.spaces.cell201 import from_str, to_str
+        from core.zoo.cell201 import from_str, to_str
 
         arch = from_str(arch) if isinstance(arch, str) else arch
         key = to_str(self.space.check(arch))
@@ -210,7 +210,7 @@ class TabularEvaluator(Evaluator):
     # -- helpers for benchmarks ------------------------------------------------------
     def all_archs(self) -> list[Arch]:
         """Every arch of the table, in table order."""
-        from core.spaces.cell201 import from_str
+        from core.zoo.cell201 import from_str
 
         return [from_str(a) for a in self.table.archs]
 
@@ -231,7 +231,7 @@ class TabularEvaluator(Evaluator):
 
     def best(self, metric: str | None = None, epoch: int | None = None) -> Arch:
         """The best arch: highest accuracy or lowest loss (the first in table order on ties)."""
-        from core.spaces.cell201 import from_str
+        from core.zoo.cell201 import from_str
 
         return from_str(self.table.archs[int(np.argmax(self.goodness(metric, epoch)))])
 

@@ -29,7 +29,7 @@ from core.engine.registry import EVALUATORS
 from core.evaluation.base import Evaluator
 from core.evaluation.costs import CostMetrics
 from core.evaluation.result import Result
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 
 
 class NaNLoss(RuntimeError):

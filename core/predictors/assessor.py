@@ -69,7 +69,7 @@ from torch import nn
 
 from core.predictors.base import PREDICTORS, Predictor, Scaler, minibatches, torch_seed
 from core.predictors.graph import GraphFeaturizer
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 
 
 def _as_arch(a: Any) -> Arch:

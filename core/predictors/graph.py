@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.space import SearchSpace
+from core.api import SearchSpace
 
 
 def chain_graph(space: SearchSpace, arch: Mapping[str, Any]) -> tuple[np.ndarray, list[Any]]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from core.predictors.base import (PREDICTORS, Predictor, Scaler, check_loss, minibatches, regression_loss,
                                   torch_seed)
-from core.space import SearchSpace
+from core.api import SearchSpace
 
 
 def make_mlp(n_in: int, hidden: Sequence[int], n_out: int = 1, dropout: float = 0.0) -> nn.Sequential:

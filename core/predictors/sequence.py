@@ -40,7 +40,7 @@ from torch import nn
 
 from core.predictors.base import (PREDICTORS, Predictor, Scaler, check_loss, minibatches, regression_loss,
                                   torch_seed)
-from core.space import SearchSpace
+from core.api import SearchSpace
 
 BlockSpec = Union[str, Sequence[str]]
 BlockTokens = list[list[int]]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from core.evaluation.result import Result
 from core.objective import Objective
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 
 
 class Strategy:

@@ -4,7 +4,7 @@ Zhong, Yan, Wu, Shao, Liu. "Practical Block-wise Neural Network Architecture
 Generation", CVPR 2018 (arXiv 1708.05552), Sec. 3.2-3.3; the agent follows
 MetaQNN (Baker et al., ICLR 2017), on which BlockQNN builds.
 
-An episode is a sequence of decisions. On `NSCSpace` (`core.spaces.nsc`) the
+An episode is a sequence of decisions. On `NSCSpace` (`core.zoo.nsc`) the
 agent writes the block layer by layer: the state is the previous layer's
 code (index, type, kernel, pred1, pred2), the action the next layer's code,
 and a `terminal` ends the block (Sec. 3.2). On any other `SearchSpace` the
@@ -60,7 +60,7 @@ from typing import Any
 from core.engine.registry import STRATEGIES
 from core.evaluation.result import Result
 from core.objective import Objective
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 from core.strategies.base import Strategy
 
 PAPER_SCHEDULE = ((1.0, 95), (0.9, 7), (0.8, 7), (0.7, 7), (0.6, 10), (0.5, 10), (0.4, 10), (0.3, 10),

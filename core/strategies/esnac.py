@@ -75,7 +75,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from core.engine.registry import STRATEGIES
 from core.evaluation.result import Result
 from core.objective import Objective
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 from core.strategies.base import Strategy
 
 HALF_LOG_2PI = 0.918939  # the official code's constant, 1/2 ln(2 pi)

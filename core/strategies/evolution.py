@@ -13,7 +13,7 @@ from collections import deque
 
 from core.engine.registry import STRATEGIES
 from core.evaluation.result import Result
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 from core.strategies.base import Strategy
 from core.objective import Objective
 

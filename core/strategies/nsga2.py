@@ -49,7 +49,7 @@ import numpy as np
 from core.engine.registry import STRATEGIES, ConfigError
 from core.evaluation.result import Result
 from core.objective import Objective
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 from core.strategies.base import Strategy
 
 

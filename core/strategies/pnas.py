@@ -60,7 +60,7 @@ from core.engine.registry import STRATEGIES, ConfigError
 from core.evaluation.result import Result
 from core.objective import Objective
 from core.predictors.sequence import BlockMLPPredictor, BlockTokenizer, LSTMPredictor
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 from core.strategies.base import QueuedStrategy
 
 SURROGATES = {"mlp": BlockMLPPredictor, "lstm": LSTMPredictor}

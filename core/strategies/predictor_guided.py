@@ -31,7 +31,7 @@ import numpy as np
 from core.engine.registry import STRATEGIES, ConfigError, check_kwargs
 from core.objective import Objective
 from core.predictors.base import PREDICTORS
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 from core.strategies.base import QueuedStrategy
 
 

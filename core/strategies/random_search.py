@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.engine.registry import STRATEGIES
-from core.space import Arch
+from core.api import Arch
 from core.strategies.base import Strategy
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 
 _OP = re.compile(r"^mb(\d+)_k(\d+)$")
 

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 from core.engine.data import DataSplits
 from core.engine.lightning import SupervisedModule, make_trainer
 from core.engine.registry import TASKS, ConfigError
-from core.engine.task import Task
+from core.task import Task
 from core.evaluation.train import classification_loss, evaluate_classifier, topk_correct
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 from tasks.classification.baselines import BASELINES, BUDGET_BASELINES
 
 

@@ -6,8 +6,8 @@ architecture as model `hit_detector` (`core.engine.registry.MODELS`).
 """
 
 from core.engine.registry import MODELS
-from tasks.detection import data, search, spaces, task  # noqa: F401  (registrations)
-from tasks.detection.spaces import HitDetectorSpace, hit_detector_arch
+from tasks.detection import data, search, space, task  # noqa: F401  (registrations)
+from tasks.detection.space import HitDetectorSpace, hit_detector_arch
 
 
 @MODELS.register("hit_detector")

@@ -34,9 +34,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from core.space import ChoiceModule, choice_modules
-from core.space.modules import SPARSE_RELAXATIONS
-from core.space.relax import RELAXATIONS
+from core.api import ChoiceModule, choice_modules
+from core.api.modules import SPARSE_RELAXATIONS
+from core.api.relax import RELAXATIONS
 
 
 def linear_weights(logits: torch.Tensor) -> torch.Tensor:
@@ -164,7 +164,7 @@ def screen_detector(space, data, mu: float = 0.1, keep: int = 8, stage_blocks: S
     pass `candidates` to the space (or to `HitDetSearcher`) to search the sub-spaces.
     """
     from tasks.detection.data import collate
-    from tasks.detection.spaces import HitDetectorSpace
+    from tasks.detection.space import HitDetectorSpace
     from tasks.detection.task import detection_loss
 
     small = HitDetectorSpace(num_classes=data.num_classes, candidates={c: space.candidates[c] for c in space.candidates},

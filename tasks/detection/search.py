@@ -54,15 +54,15 @@ from core.engine.data import DataSplits, cycle, split_indices
 from core.engine.registry import STRATEGIES, ConfigError
 from core.engine.runs import load_checkpoint, resume_epoch_state, save_epoch_state
 from core.objective import Objective
-from core.space import (
+from core.api import (
     Arch,
     architecture_parameters,
     choice_modules,
     set_mixture,
 )
-from core.strategies.spos import _progress_enabled
+from core.supernet.spos import _progress_enabled
 from tasks.detection.data import collate
-from tasks.detection.spaces import COMPONENTS, HitDetectorSpace
+from tasks.detection.space import COMPONENTS, HitDetectorSpace
 from tasks.detection.task import detection_loss
 
 CHECKPOINT_FORMAT = "archforge-hitdet-1"

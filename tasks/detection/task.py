@@ -22,8 +22,8 @@ from core.engine.data import DataSplits
 from core.engine.lightning import build_optimizer, make_trainer, with_schedule
 from core.engine.registry import TASKS, ConfigError
 from core.engine.runs import atomic_write_text, write_json
-from core.engine.task import Task
-from core.space import Arch, SearchSpace
+from core.task import Task
+from core.api import Arch, SearchSpace
 from tasks.detection.data import collate
 from tasks.detection.metrics import (
     coco_map,
@@ -115,7 +115,7 @@ class DetectionTask(Task):
                 if size >= 512 else size}
 
     def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
-        from tasks.detection.spaces import hit_detector_arch
+        from tasks.detection.space import hit_detector_arch
 
         if name in ("hit_detector", "hitdet"):
             arch = hit_detector_arch()
@@ -146,7 +146,7 @@ class DetectionTask(Task):
         return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     def test(self, model: nn.Module, data: DataSplits, run_dir: Path | None = None) -> dict[str, float]:
-        from core.strategies.spos import _progress_enabled
+        from core.supernet.spos import _progress_enabled
 
         batch = min(self.cfg["test"]["batch_size"], 16)
         records = predict(model, data.test, batch, progress=_progress_enabled(True))

@@ -5,7 +5,7 @@ the `face_synthetic`, `face_recordio` and `face_imagefolder` datasets and the
 `face_recognition` task.
 """
 
-import core.spaces  # noqa: F401  (registers the reusable spaces)
+import core.zoo  # noqa: F401  (registers the reusable spaces)
 import core.strategies  # noqa: F401  (registers the strategies, darts among them)
 from tasks.face_recognition import backbones, data, space, task  # noqa: F401  (registrations)
 from tasks.face_recognition.flops import count_paper_flops

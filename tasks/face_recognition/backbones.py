@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from core.engine.registry import SPACES
-from core.space import Arch, Choice, SearchSpace
+from core.api import Arch, Choice, SearchSpace
 from tasks.face_recognition.iresnet import IResNet
 from tasks.face_recognition.mobilefacenet import MobileFaceNet
 from tasks.face_recognition.space import PUBLISHED, pocketnet

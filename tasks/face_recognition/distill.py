@@ -157,7 +157,7 @@ def build_teacher(spec: Mapping[str, Any], space_defaults: Mapping[str, Any] | N
     if arch is None:
         arch = space.default()
     elif isinstance(arch, str) and arch.endswith(".json"):
-        from core.space import Arch
+        from core.api import Arch
 
         path = Path(arch).expanduser()
         if not path.is_file():

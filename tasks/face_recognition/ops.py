@@ -5,7 +5,7 @@ Lightweight Face Recognition Network using Neural Architecture Search and
 Multi-Step Knowledge Distillation", IEEE Access 2022 (arXiv 2108.10710),
 sec. III-A; official code github.com/fdbtrs/PocketNet (`backbones/ops.py`).
 
-Differences from the DARTS CIFAR ops (`core.spaces.darts`): PReLU instead of
+Differences from the DARTS CIFAR ops (`core.zoo.darts`): PReLU instead of
 ReLU, one depthwise-separable conv (no stacked pair, no dilation) at kernel
 1/3/5/7, pools followed by a BN in the evaluation network too, and a
 factorised reduction made of depthwise-then-pointwise 1x1 convolutions.
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.spaces.darts import Zero
+from core.zoo.darts import Zero
 
 #: official `PRIMITIVES` order (`none` last, which the official `parse` asserts)
 FACE_PRIMITIVES = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "dw_conv_3x3", "dw_conv_5x5", "dw_conv_7x7",

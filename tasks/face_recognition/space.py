@@ -4,7 +4,7 @@ Boutros et al., "PocketNet", IEEE Access 2022 (arXiv 2108.10710), sec. III;
 official code github.com/fdbtrs/PocketNet (`backbones/augment_cnn.py`,
 `backbones/augment_cells.py`, `DART/models/search_cnn.py`, `config/config.py`).
 
-- Cells: the DARTS cell (`core.spaces.darts`, 4 nodes, two edges per node,
+- Cells: the DARTS cell (`core.zoo.darts`, 4 nodes, two edges per node,
   output = concat of the 4 nodes) over `FACE_PRIMITIVES`. The Arch names are
   the DARTS space's (`normal.node2.in0.op`, ...), so genotypes, derivation and
   the DARTS searcher are shared.
@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from core.engine.registry import SPACES
-from core.space import Arch, SearchSpace, set_mixture
-from core.space.modules import choice_modules
-from core.spaces.darts import (
+from core.api import Arch, SearchSpace, set_mixture
+from core.api.modules import choice_modules
+from core.zoo.darts import (
     CELL_TYPES,
     DartsSpace,
     Genotype,

@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader
 from core.engine.data import DataSplits
 from core.engine.lightning import build_optimizer, make_trainer, with_schedule
 from core.engine.registry import TASKS, ConfigError
-from core.engine.task import Task
-from core.space import Arch, SearchSpace
+from core.task import Task
+from core.api import Arch, SearchSpace
 from tasks.face_recognition.distill import (
     TeacherSchedule,
     build_teacher,

@@ -5,9 +5,9 @@ the `trilevel_sr` space, the `trilevel` searcher, the `super_resolution` task,
 and `TrilevelSRNet` in basicsr's `ARCH_REGISTRY`.
 """
 
-from tasks.super_resolution import data, searcher, space, task  # noqa: F401  (registrations)
-from tasks.super_resolution.network import TrilevelSRNet, arch_macs
-from tasks.super_resolution.searcher import TrilevelSearcher
+from tasks.super_resolution import data, search, space, task  # noqa: F401  (registrations)
+from tasks.super_resolution.models import TrilevelSRNet, arch_macs
+from tasks.super_resolution.search import TrilevelSearcher
 from tasks.super_resolution.space import TrilevelSpace, msrresnet_budget, msrresnet_macs
 from tasks.super_resolution.supernet import TrilevelSupernet
 from tasks.super_resolution.task import SuperResolutionTask

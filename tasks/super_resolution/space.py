@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from core.engine.registry import SPACES
-from core.space import Arch, Choice, SearchSpace
+from core.api import Arch, Choice, SearchSpace
 from tasks.super_resolution._basicsr import MSRResNet, imresize
-from tasks.super_resolution.network import TrilevelSRNet, arch_macs
+from tasks.super_resolution.models import TrilevelSRNet, arch_macs
 from tasks.super_resolution.ops import OPS, WIDTHS, upsample_factors
 from tasks.super_resolution.supernet import TrilevelSupernet, tree_nodes
 

@@ -30,7 +30,7 @@ code. `width_mode` picks the widths of a forward: `relaxed` (the masks of the
 beta weights), or the sandwich rule's `max`, `min` and `random` (Yu & Huang,
 "Universally Slimmable Networks", ICCV 2019).
 
-Relaxations: `sparsestmax` (default; `core.space.sparsestmax`, radius from the
+Relaxations: `sparsestmax` (default; `core.api.sparsestmax`, radius from the
 schedule's progress, one-hot at the end), `sparsemax` and `softmax`.
 `expected_macs` is the MACs of the relaxed supernet at a given output size,
 differentiable in gamma, alpha and beta (exact at one-hot weights: it equals
@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import core.space.sparsestmax  # noqa: F401  (registers sparsestmax and sparsemax)
-from core.space.relax import relax
-from tasks.super_resolution.network import TrilevelSRNet
+import core.api.sparsestmax  # noqa: F401  (registers sparsestmax and sparsemax)
+from core.api.relax import relax
+from tasks.super_resolution.models import TrilevelSRNet
 from tasks.super_resolution.ops import OP_CLASSES, OPS, WIDTHS, Upsampler, head_tail_macs, inherit, op_macs, \
     upsample_factors, upsampler_macs, width_channels
 

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 
 from core.engine.data import DataSplits
 from core.engine.registry import DATASETS, TASKS, ConfigError
-from core.engine.task import Task
-from core.space import Arch, SearchSpace
+from core.task import Task
+from core.api import Arch, SearchSpace
 from tasks.super_resolution._basicsr import imresize, imwrite
 from tasks.super_resolution.metrics import psnr_y, ssim_y, to_image
 from tasks.super_resolution.space import msrresnet_budget
@@ -189,7 +189,7 @@ def train_steps(model: nn.Module, dataset, steps: int, batch_size: int = 16, lr:
     The model is moved to `device` and stays there."""
     from tqdm.auto import tqdm
 
-    from core.strategies.spos import _progress_enabled
+    from core.supernet.spos import _progress_enabled
 
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]

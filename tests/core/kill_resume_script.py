@@ -11,7 +11,7 @@ from core.evaluation import FunctionEvaluator
 from core.journal import Journal
 from core.objective import Objective
 from core.search import Search
-from core.space import Choice, SearchSpace
+from core.api import Choice, SearchSpace
 from core.strategies import RegularizedEvolution
 
 run_dir, budget, seed, pause = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])

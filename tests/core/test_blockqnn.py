@@ -15,8 +15,8 @@ from core.evaluation import FunctionEvaluator, Result
 from core.journal import Journal
 from core.objective import Objective
 from core.search import Search
-from core.space import Arch, Choice, SearchSpace
-from core.spaces.nsc import NSC_TYPES, NSCSpace, block_string
+from core.api import Arch, Choice, SearchSpace
+from core.zoo.nsc import NSC_TYPES, NSCSpace, block_string
 from core.strategies import RandomSearch
 from core.strategies.blockqnn import PAPER_SCHEDULE, BlockQNN, epsilon_at, scaled_schedule
 

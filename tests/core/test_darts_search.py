@@ -7,9 +7,9 @@ from torch import nn
 from torch.func import functional_call
 
 from core.engine.registry import STRATEGIES
-from core.space import Arch, Choice, ChoiceModule, SearchSpace, architecture_parameters, set_mixture
-from core.spaces.darts import DartsSpace, arch_to_genotype
-from core.strategies.darts_search import DartsSearcher
+from core.api import Arch, Choice, ChoiceModule, SearchSpace, architecture_parameters, set_mixture
+from core.zoo.darts import DartsSpace, arch_to_genotype
+from core.oneshot.darts import DartsSearcher
 from tasks.classification.data import digits
 
 torch.set_num_threads(1)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from core.engine.registry import SPACES, check_kwargs
-from core.space import Arch, activate, architecture_parameters, choice_modules
-from core.spaces.darts import (DARTS_V1, DARTS_V2, OPS, PRIMITIVES, DartsSpace, FactorizedReduce, Genotype,
+from core.api import Arch, activate, architecture_parameters, choice_modules
+from core.zoo.darts import (DARTS_V1, DARTS_V2, OPS, PRIMITIVES, DartsSpace, FactorizedReduce, Genotype,
                                arch_to_genotype, count_parameters, derive_genotype, genotype_to_arch, make_op,
                                parse_genotype, to_genotype)
 

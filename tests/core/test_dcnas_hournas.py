@@ -11,11 +11,11 @@ import torch
 from core.cost import count_macs
 from core.engine.registry import STRATEGIES, ConfigError
 from core.objective import Objective
-from core.spaces.cell201 import Cell201Space
-from core.spaces.mobile import digits_space
-from core.strategies.dcnas import DCNASSearch, dcnas_scores, layer_features, probe_batch, representations
-from core.strategies.hournas import (HourNASSearch, ShrunkSpace, StageCostModel, space_proposal, vital_choices)
-from core.strategies.spos import train_supernet
+from core.zoo.cell201 import Cell201Space
+from core.zoo.mobile import digits_space
+from core.oneshot.dcnas import DCNASSearch, dcnas_scores, layer_features, probe_batch, representations
+from core.oneshot.hournas import (HourNASSearch, ShrunkSpace, StageCostModel, space_proposal, vital_choices)
+from core.supernet.spos import train_supernet
 from tasks.classification.data import digits
 
 torch.set_num_threads(1)

@@ -14,9 +14,9 @@ from core.cost import count_macs, count_params
 from core.distill import Distiller, SmallCNN, StagedTeacher, train_distiller
 from core.engine.registry import SPACES, STRATEGIES, ConfigError
 from core.objective import Constraint, Objective
-from core.space import activate
-from core.spaces.dna import DNA_BLOCK_CFGS, DNA_OPS, DNA_PUBLISHED, DNASpace, dna_digits_space, dna_space_and_arch
-from core.strategies.dna import DNASearch, constrained_traversal
+from core.api import activate
+from core.zoo.dna import DNA_BLOCK_CFGS, DNA_OPS, DNA_PUBLISHED, DNASpace, dna_digits_space, dna_space_and_arch
+from core.oneshot.dna import DNASearch, constrained_traversal
 
 
 # exact recounts: a and b as in METHODS.md (timm 0.1.x GenEfficientNet mirror); c and d recounted the same way here

@@ -16,8 +16,8 @@ from core.evaluation import FunctionEvaluator
 from core.journal import Journal
 from core.objective import Objective
 from core.search import Search
-from core.spaces.cell201 import EDGE_NAMES, Cell201Space
-from core.spaces.compression import (LAYER_TYPES, CompressionEvaluator, CompressionSpace, compression_reward,
+from core.zoo.cell201 import EDGE_NAMES, Cell201Space
+from core.zoo.compression import (LAYER_TYPES, CompressionEvaluator, CompressionSpace, compression_reward,
                                      digits_cnn)
 from core.strategies import RandomSearch
 from core.strategies.esnac import (ESNAC, EmbeddingKernel, choice_tokens, expected_improvement, gp_posterior,

@@ -9,8 +9,8 @@ import torchvision
 
 from core.cost import LatencyTable, count_macs, count_params
 from core.engine.registry import SPACES, ConfigError
-from core.space import activate, set_mixture
-from core.spaces.mobile import (MobileSpace, cifar_space, digits_space, efficientnet_b0_space_and_arch,
+from core.api import activate, set_mixture
+from core.zoo.mobile import (MobileSpace, cifar_space, digits_space, efficientnet_b0_space_and_arch,
                                 mobilenetv2_space_and_arch)
 
 

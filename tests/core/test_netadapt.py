@@ -12,9 +12,9 @@ from core.engine.registry import SPACES, STRATEGIES, ConfigError
 from core.objective import Objective
 from core.ops.ordered_dropout import (OrderedBatchNorm2d, OrderedConv2d, OrderedLinear, channel_bypass,
                                       ordered_dropout)
-from core.space import Arch
-from core.spaces.netadapt import Bypass, ConvLayer, MBLayer, NetAdaptSpace
-from core.strategies.netadapt import NetAdaptV2Searcher, OrderedDropoutTrainer
+from core.api import Arch
+from core.zoo.netadapt import Bypass, ConvLayer, MBLayer, NetAdaptSpace
+from core.oneshot.netadapt import NetAdaptV2Searcher, OrderedDropoutTrainer
 from tasks.classification.data import digits
 
 torch.set_num_threads(1)

@@ -13,9 +13,9 @@ from core.evaluation import FunctionEvaluator, Result
 from core.journal import Journal
 from core.objective import Objective
 from core.search import Search
-from core.space import Arch
-from core.spaces.cell201 import Cell201Space
-from core.spaces.darts import DartsSpace
+from core.api import Arch
+from core.zoo.cell201 import Cell201Space
+from core.zoo.darts import DartsSpace
 from core.strategies.pnas import PNAS, simplest_fill
 from core.strategies.random_search import RandomSearch
 

@@ -20,9 +20,9 @@ from core.evaluation import Result
 from core.predictors import (PREDICTORS, BlockMLPPredictor, BlockTokenizer, LSTMPredictor, MLPPredictor,
                              SemiSupervisedAssessor, arch_graph, chain_graph, default_blocks, kendall_tau,
                              resolve_blocks)
-from core.space import Choice, SearchSpace
-from core.spaces.cell201 import Cell201Space
-from core.spaces.darts import DartsSpace
+from core.api import Choice, SearchSpace
+from core.zoo.cell201 import Cell201Space
+from core.zoo.darts import DartsSpace
 from core.strategies.predictor_guided import PredictorGuided
 from core.strategies.random_search import RandomSearch
 

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import ranking
 
-from core.space import activate
-from core.spaces.cell201 import EDGE_NAMES, Cell201Space, CellNetwork, SearchCell
+from core.api import activate
+from core.zoo.cell201 import EDGE_NAMES, Cell201Space, CellNetwork, SearchCell
 from tasks.classification.data import digits
 
 

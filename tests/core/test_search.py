@@ -15,7 +15,7 @@ from core.evaluation import FunctionEvaluator, Result
 from core.journal import Journal
 from core.objective import Constraint, Objective, non_dominated
 from core.search import ResumeError, Search
-from core.space import Arch
+from core.api import Arch
 from core.strategies import RandomSearch, RegularizedEvolution
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +158,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
 
 def test_latency_constraint_from_a_lookup_table(tmp_path):
     from core.evaluation.train import TrainEvaluator
-    from core.spaces.mobile import digits_space
+    from core.zoo.mobile import digits_space
     from tasks.classification.data import digits
 
     space, data = digits_space(), digits()
@@ -174,7 +174,7 @@ def test_latency_constraint_from_a_lookup_table(tmp_path):
 
 def test_thirty_evaluation_search_with_real_training(tmp_path):
     from core.evaluation.train import TrainEvaluator
-    from core.spaces.mobile import digits_space
+    from core.zoo.mobile import digits_space
     from tasks.classification.data import digits
 
     space = digits_space()

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from core.space import Arch, Choice, ChoiceModule, SearchSpace, activate, derive, set_mixture
+from core.api import Arch, Choice, ChoiceModule, SearchSpace, activate, derive, set_mixture
 
 
 def test_arch_is_immutable_hashable_and_round_trips():

@@ -16,10 +16,10 @@ import torch
 from scipy.optimize import minimize
 from torch import nn
 
-from core.space import Choice, ChoiceModule
-from core.space.modules import SPARSE_RELAXATIONS
-from core.space.relax import RELAXATIONS, relax
-from core.space.sparsestmax import max_radius, order_loss, radius_at, sparsemax, sparsestmax
+from core.api import Choice, ChoiceModule
+from core.api.modules import SPARSE_RELAXATIONS
+from core.api.relax import RELAXATIONS, relax
+from core.api.sparsestmax import max_radius, order_loss, radius_at, sparsemax, sparsestmax
 
 torch.set_num_threads(1)
 

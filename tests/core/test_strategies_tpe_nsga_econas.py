@@ -26,8 +26,8 @@ from core.evaluation.train import TrainEvaluator
 from core.journal import Journal
 from core.objective import Objective, non_dominated
 from core.search import Search
-from core.space import Choice, SearchSpace
-from core.spaces.cell201 import Cell201Space
+from core.api import Choice, SearchSpace
+from core.zoo.cell201 import Cell201Space
 from core.strategies import RandomSearch
 from core.strategies.hierarchical import EcoNAS, SegmentedTraining
 from core.strategies.nsga2 import NSGA2

@@ -13,10 +13,10 @@ from core.evaluation.supernet import SupernetEvaluator, recalibrate_bn, state_di
 from core.journal import Journal
 from core.objective import Objective
 from core.search import Search
-from core.spaces.cell201 import Cell201Space
-from core.spaces.mobile import digits_space
+from core.zoo.cell201 import Cell201Space
+from core.zoo.mobile import digits_space
 from core.strategies import RegularizedEvolution
-from core.strategies.spos import SPOSTrainer, load_supernet, smoothed_cross_entropy, train_supernet
+from core.supernet.spos import SPOSTrainer, load_supernet, smoothed_cross_entropy, train_supernet
 from tasks.classification.data import digits
 
 torch.set_num_threads(1)

@@ -15,8 +15,8 @@ from core.cost import count_macs, count_params
 from core.engine.registry import EVALUATORS, SPACES
 from core.evaluation import safe_evaluate
 from core.evaluation.tabular import TabularEvaluator, default_table_path, load_table
-from core.space import Arch, activate, architecture_parameters, choice_modules, set_mixture
-from core.spaces.cell201 import EDGE_NAMES, Cell201Space, from_str, to_str
+from core.api import Arch, activate, architecture_parameters, choice_modules, set_mixture
+from core.zoo.cell201 import EDGE_NAMES, Cell201Space, from_str, to_str
 
 NAMES = ["cell.e01", "cell.e02", "cell.e12", "cell.e03", "cell.e13", "cell.e23"]
 

@@ -91,7 +91,7 @@ def test_missing_config_file_names_the_path():
 
 def test_export_matches_pytorch(tmp_path):
     from core.engine.export import export_model
-    from core.spaces.mobile import digits_space
+    from core.zoo.mobile import digits_space
 
     space = digits_space()
     model = space.build(space.default(), num_classes=10).eval()
@@ -110,8 +110,8 @@ def test_multi_fidelity_and_one_shot_searches_through_the_cli(tmp_path):
             "retrain.enabled=false", f"run.dir={tmp_path}"]
     assert main(["search", darts, *tiny, "--no-progress"]) == 0
     run_dir = _only(tmp_path / "darts_digits", "*-search")
-    from core.space import Arch
-    from core.spaces.darts import DartsSpace
+    from core.api import Arch
+    from core.zoo.darts import DartsSpace
 
     arch = Arch.from_json((run_dir / "best_arch.json").read_text())
     assert DartsSpace(C=4, layers=3, num_classes=10, in_channels=1).is_valid(arch)

@@ -44,7 +44,7 @@ def test_mmdet_registry_bridge_builds_from_an_mmdet_config_dict():
     pytest.importorskip("mmdet.registry", reason="mmdetection is not installed")
     from mmdet.registry import MODELS
 
-    from tasks.detection.mmdet_bridge import (
+    from tasks.detection.bridges.mmdet import (
         HitDetBackbone,
         HitDetPAFPN,
         build_from_cfg,

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from core.engine.registry import ConfigError
-from core.space import Choice, ChoiceModule
+from core.api import Choice, ChoiceModule
 from tasks.detection.data import collate, shapes
 from tasks.detection.metrics import coco_map, predict
 from tasks.detection.screening import GroupLassoScreen, removal_plan, run_screen
 from tasks.detection.search import HitDetSearcher, candidate_costs
-from tasks.detection.spaces import HitDetectorSpace
+from tasks.detection.space import HitDetectorSpace
 from tasks.detection.task import detection_loss
 
 TINY = {"width": 0.125, "stage_blocks": (1, 1, 2, 1), "head_blocks": 1, "min_size": 64, "max_size": 64,

@@ -9,7 +9,7 @@ import yaml
 
 from core.cli import main
 from core.engine.data import DataSplits
-from core.strategies.darts_search import DartsSearcher
+from core.oneshot.darts import DartsSearcher
 from tasks.face_recognition.distill import (
     TeacherSchedule,
     multistep_teacher_epoch,

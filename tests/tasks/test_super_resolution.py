@@ -9,9 +9,9 @@ import torch
 import tasks.super_resolution  # noqa: F401  (registrations)
 from core.cost import count_macs, count_params
 from core.engine.registry import DATASETS, ConfigError
-from core.space import Arch
+from core.api import Arch
 from tasks.super_resolution.metrics import psnr_y, ssim_y, to_image
-from tasks.super_resolution.searcher import TrilevelSearcher
+from tasks.super_resolution.search import TrilevelSearcher
 from tasks.super_resolution.space import TrilevelSpace, msrresnet_budget, msrresnet_macs
 from tasks.super_resolution.task import train_steps
 
@@ -157,7 +157,7 @@ def test_derived_network_is_in_basicsr_registry_and_builds_from_an_option_dict()
 def test_derived_network_starts_with_basicsrs_scaled_kaiming_init():
     """Kaiming-normal x 0.1 and zero biases on every conv (MSRResNet's init): with PyTorch's default init an
     18-resblock net trained 0.19 dB below the same net with this one (docs/benchmarks.md)."""
-    from tasks.super_resolution.network import TrilevelSRNet
+    from tasks.super_resolution.models import TrilevelSRNet
 
     arch = {"network.path": "CU", "stem0.op0": "resblock", "stem0.op1": "resblock", "stem0.width0": 12,
             "cell0.op0": "resblock", "cell0.op1": "resblock", "cell0.width0": 12}
@@ -245,7 +245,7 @@ def test_teacher_term_adds_l1_to_a_frozen_basicsr_teacher(tmp_path):
     spec = {"type": "MSRResNet", "num_feat": 8, "num_block": 1, "upscale": 2,
             "checkpoint": str(tmp_path / "teacher.pth")}
     searcher = TrilevelSearcher(space, teacher=spec, teacher_weight=0.5, macs_target=1e9)
-    from tasks.super_resolution.searcher import load_sr_teacher
+    from tasks.super_resolution.search import load_sr_teacher
 
     searcher.teacher = load_sr_teacher(spec)
     assert not any(p.requires_grad for p in searcher.teacher.parameters())

@@ -85,6 +85,6 @@ def test_basicsr_training_script_trains_the_derived_arch(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["basicsr_train", "-opt", "opt.yml"])
     basicsr_main()
     state = torch.load(tmp_path / "experiments/tiny/models/net_g_latest.pth", weights_only=True)["params"]
-    from tasks.super_resolution.network import TrilevelSRNet
+    from tasks.super_resolution.models import TrilevelSRNet
 
     TrilevelSRNet(2, 8, arch).load_state_dict(state)  # basicsr trained and saved our network

@@ -34,7 +34,7 @@ workable scaled-down recipe is `supernet: {C: 8, layers: 5}`, `epochs: 20`,
 Relaxations: `softmax` (the paper), `gumbel` (Gumbel-softmax; its
 temperature anneals linearly per epoch from `temperature[0]` to
 `temperature[1]`, GDAS's 10 -> 0.1, Dong & Yang, CVPR 2019), `sparsestmax`
-(SSN, `core.space.sparsestmax`; its radius follows the linear schedule over
+(SSN, `core.api.sparsestmax`; its radius follows the linear schedule over
 all steps, one-hot at the end) and `sparsemax`.
 
 Derivation: on a `DartsSpace` the DARTS rule (Sec. 2.4): per node the two
@@ -42,7 +42,7 @@ strongest incoming edges (strength: the largest non-`none` weight), each
 with its strongest non-`none` op; weights are the relaxation's (softmax as
 in the paper, or the final sparsestmax weights, ties broken by the softmax
 of the logits). On other spaces each choice takes its largest logit
-(`core.space.derive`), choices missing from the supernet keep their
+(`core.api.derive`), choices missing from the supernet keep their
 defaults, and the space's `check` canonicalises it.
 
 This is a gradient-based searcher, not ask/tell: `gradient_based = True`;
@@ -65,15 +65,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-import core.space.sparsestmax  # noqa: F401 - registers the sparsestmax and sparsemax relaxations
+import core.api.sparsestmax  # noqa: F401 - registers the sparsestmax and sparsemax relaxations
 from core.engine.data import DataSplits, cycle, split_indices
 from core.engine.registry import STRATEGIES
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.evaluation.train import classification_loss
 from core.objective import Objective
-from core.space import Arch, SearchSpace, architecture_parameters, choice_modules, derive, set_mixture
-from core.space.relax import RELAXATIONS, relax
-from core.strategies.spos import _progress_enabled, build_supernet
+from core.api import Arch, SearchSpace, architecture_parameters, choice_modules, derive, set_mixture
+from core.api.relax import RELAXATIONS, relax
+from core.supernet.spos import _progress_enabled, build_supernet
 
 CHECKPOINT_FORMAT = "archforge-darts-1"
 RELAXATION_NAMES = ("softmax", "gumbel", "sparsestmax", "sparsemax")
@@ -98,7 +98,7 @@ class DartsSearcher:
         if relaxation not in RELAXATION_NAMES:
             raise ValueError(f"strategy.relaxation: expected one of {RELAXATION_NAMES}, got {relaxation!r}")
         if relaxation not in RELAXATIONS:
-            raise ValueError(f"strategy.relaxation: {relaxation!r} is not registered in core.space.relax")
+            raise ValueError(f"strategy.relaxation: {relaxation!r} is not registered in core.api.relax")
         if not 0 < train_portion < 1:
             raise ValueError(f"strategy.train_portion: expected a fraction in (0, 1), got {train_portion!r}")
         if epochs < 1:
@@ -262,7 +262,7 @@ class DartsSearcher:
 
     def _break_ties(self, alphas: list[nn.Parameter]) -> None:
         """Logits with all entries equal (a supernet's zero init) restart at 1e-3 * N(0, 1), DARTS's
-        `_initialize_alphas`; sparse relaxations have no gradient at exact ties (see core.space.sparsestmax)."""
+        `_initialize_alphas`; sparse relaxations have no gradient at exact ties (see core.api.sparsestmax)."""
         gen = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
             for a in alphas:
@@ -321,7 +321,7 @@ class DartsSearcher:
         supernet = supernet if supernet is not None else self.supernet
         if supernet is None:
             raise RuntimeError("derive: no supernet; call fit() first")
-        from core.spaces.darts import DartsSpace
+        from core.zoo.darts import DartsSpace
 
         if isinstance(self.space, DartsSpace):
             return darts_derive(self.space, supernet, self.ranking_weights)
@@ -341,11 +341,11 @@ class DartsSearcher:
 
 
 def darts_derive(space, supernet: nn.Module, weights_fn: Callable[[torch.Tensor], torch.Tensor]) -> Arch:
-    """The DARTS rule (`core.spaces.darts`) on the weights `weights_fn(logits)` of each edge.
+    """The DARTS rule (`core.zoo.darts`) on the weights `weights_fn(logits)` of each edge.
 
     With softmax weights this is exactly `DartsSpace.derive`; other relaxations rank the edges by their own weights.
     """
-    from core.spaces.darts import CELL_TYPES, Genotype, _parse_cell, _steps_for_edges, genotype_to_arch
+    from core.zoo.darts import CELL_TYPES, Genotype, _parse_cell, _steps_for_edges, genotype_to_arch
 
     by_name = {m.name: m for m in choice_modules(supernet)}
     fields = {}

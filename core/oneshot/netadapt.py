@@ -79,7 +79,7 @@ from core.engine.registry import STRATEGIES
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.evaluation.supernet import recalibrate_bn
 from core.objective import Objective
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 
 CHECKPOINT_FORMAT = "archforge-netadapt-supernet-1"
 RESOURCES = {"macs": "macs", "params": "params", "latency_ms": "latency_ms", "latency": "latency_ms"}

@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from core.engine.registry import SPACES, ConfigError
-from core.space import Arch, Choice, ChoiceModule, SearchSpace
+from core.api import Arch, Choice, ChoiceModule, SearchSpace
 from tasks.detection.models import INITS, build_detector
 from tasks.detection.ops import (
     ALL_OPS,

@@ -10,7 +10,7 @@
 `best_arch.json` written by `archforge search`, or a dict of choices. A user
 with a working mmdetection (mmdet 3.x + mmengine + mmcv) then writes, e.g.:
 
-    custom_imports = dict(imports=['tasks.detection.mmdet_bridge'])
+    custom_imports = dict(imports=['tasks.detection.bridges.mmdet'])
     model = dict(type='FasterRCNN',
                  backbone=dict(type='HitDetBackbone', arch='runs/.../best_arch.json'),
                  neck=dict(type='HitDetPAFPN', in_channels=[48, 96, 256, 2048], out_channels=256), ...)
@@ -35,7 +35,7 @@ from torch import nn
 
 from tasks.detection.models import HitBackbone, HitNeck, scale
 from tasks.detection.ops import make_op
-from tasks.detection.spaces import HitDetectorSpace, hit_detector_arch
+from tasks.detection.space import HitDetectorSpace, hit_detector_arch
 
 
 def resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, Any]:

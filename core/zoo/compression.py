@@ -62,7 +62,7 @@ from core.engine.data import DataSplits
 from core.engine.registry import EVALUATORS, SPACES, ConfigError
 from core.evaluation.base import Evaluator
 from core.evaluation.result import Result
-from core.space import Arch, Choice, SearchSpace
+from core.api import Arch, Choice, SearchSpace
 
 LAYER_TYPES = ("Identity", "Flatten", "Concat", "Shuffle", "Conv2d", "MaxPool", "AvgPool", "ReLU", "BN", "Linear")
 """The official code's 10 layer types, in its one-hot order."""

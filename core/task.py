@@ -16,7 +16,7 @@ from torch import nn
 from core.engine.data import DataSplits
 from core.engine.registry import DATASETS, EVALUATORS, SPACES, ConfigError, check_kwargs
 from core.evaluation.base import Evaluator
-from core.space import Arch, SearchSpace
+from core.api import Arch, SearchSpace
 
 
 class Task:

@@ -42,7 +42,7 @@ from torchvision.ops import stochastic_depth
 
 from core.cost.lut import LayerSpec
 from core.engine.registry import SPACES, ConfigError, check_kwargs
-from core.space import Arch, Choice, ChoiceModule, SearchSpace
+from core.api import Arch, Choice, ChoiceModule, SearchSpace
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "swish": nn.SiLU, "silu": nn.SiLU,
                "hswish": nn.Hardswish, "hardswish": nn.Hardswish}
@@ -515,7 +515,7 @@ class MobileSpace(SearchSpace):
         layers; in mixture mode it returns the depth-weighted sum of the
         outputs after each allowed depth. Width choices are not part of the
         supernet (it always runs the widest); `inherit` slices the leading
-        channels for narrower archs. `core.space.activate(supernet, arch)`
+        channels for narrower archs. `core.api.activate(supernet, arch)`
         then computes what `inherit(supernet, arch)` computes.
         """
         plan = self.plan(self.default(), channel_divisor, num_classes, drop_connect=0.0, widest=True)

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from core.engine.registry import SPACES
-from core.space import Arch, Choice, SearchSpace
+from core.api import Arch, Choice, SearchSpace
 
 NSC_TYPES = ("conv", "max_pool", "avg_pool", "identity", "add", "concat", "terminal")
 """The seven NSC layer types of BlockQNN's Table 1, in the paper's order (type ids 1..7)."""

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.engine.registry import SPACES
-from core.space import Arch, Choice, ChoiceModule, SearchSpace, set_mixture
-from core.space.modules import choice_modules
+from core.api import Arch, Choice, ChoiceModule, SearchSpace, set_mixture
+from core.api.modules import choice_modules
 
 PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
               "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
@@ -645,7 +645,7 @@ class DartsSpace(SearchSpace):
                              steps=self.steps, in_channels=self.in_channels, stem_multiplier=self.stem_multiplier)
 
     def supernet_arch(self, arch: Mapping[str, Any]) -> Arch:
-        """The supernet's edge choices for `arch` (unused edges `none`), for `core.space.activate`."""
+        """The supernet's edge choices for `arch` (unused edges `none`), for `core.api.activate`."""
         if "none" not in self.ops:
             raise ValueError("supernet_arch needs 'none' among the ops to switch unused edges off")
         arch = self.check(arch)

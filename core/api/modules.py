@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.space.choice import Choice
-from core.space.relax import relax
+from core.api.choice import Choice
+from core.api.relax import relax
 
 #: relaxations whose weights can be exactly zero (registered by the modules that add them)
 SPARSE_RELAXATIONS: set[str] = set()

@@ -9,10 +9,10 @@ available to us, so the details come from the derivative code
 - Relaxation: sparsestmax on gamma, alpha and beta with the radius growing
   linearly with the fraction of steps done (`r = iter / total_iters` there;
   ours reaches each choice's one-hot radius sqrt((K-1)/K) at `end_fraction`,
-  see `core.space.sparsestmax`). `softmax` and `sparsemax` for comparison.
+  see `core.api.sparsestmax`). `softmax` and `sparsemax` for comparison.
 - Sorting (network level): the order term sum_paths sum_k (gamma_{k+1} - gamma_k)
   on the raw gamma along each root-to-leaf path, weight 1e-5
-  (`core.space.sparsestmax.order_loss`, `order_mode: telescoping`; `hinge` is
+  (`core.api.sparsestmax.order_loss`, `order_mode: telescoping`; `hinge` is
   our stricter variant).
 - Loss: L1 to HR, plus optionally L1 to a frozen teacher SR network's output
   (`teacher`, built by basicsr's `build_network` from a local checkpoint; the
@@ -71,9 +71,9 @@ from core.engine.data import DataSplits, cycle, split_indices
 from core.engine.registry import STRATEGIES, ConfigError
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.objective import Objective
-from core.space import Arch, SearchSpace
-from core.space.sparsestmax import order_loss
-from core.strategies.spos import _progress_enabled
+from core.api import Arch, SearchSpace
+from core.api.sparsestmax import order_loss
+from core.supernet.spos import _progress_enabled
 from tasks.super_resolution.supernet import RELAXATIONS, TrilevelSupernet
 
 CHECKPOINT_FORMAT = "archforge-trilevel-1"

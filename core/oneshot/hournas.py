@@ -13,7 +13,7 @@ the resource constraint. The released HourNAS-F fixes the first block of every
 stage to `ir_k5_e6_se`.
 
 What we do (`HourNASSearch.fit(module, data) -> Arch`), on the mobile space
-(`core.spaces.mobile.MobileSpace` and its presets: choices grouped into stages
+(`core.zoo.mobile.MobileSpace` and its presets: choices grouped into stages
 as `stage{i}.layer{j}.op`, `stage{i}.depth`, `stage{i}.width`):
 
 1. **Vital blocks** (`vital_choices`): the first layer of every stage,
@@ -93,9 +93,9 @@ from core.evaluation.base import safe_evaluate
 from core.evaluation.result import Result
 from core.evaluation.supernet import SupernetEvaluator
 from core.objective import Constraint, Objective
-from core.space import Arch, Choice, SearchSpace
+from core.api import Arch, Choice, SearchSpace
 from core.strategies.evolution import RegularizedEvolution
-from core.strategies.spos import SPOSTrainer, build_supernet
+from core.supernet.spos import SPOSTrainer, build_supernet
 
 _LAYER = re.compile(r"^stage(\d+)\.layer(\d+)\.op$")
 SKIP = "skip"

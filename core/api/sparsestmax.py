@@ -93,8 +93,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from core.space.modules import SPARSE_RELAXATIONS
-from core.space.relax import RELAXATIONS
+from core.api.modules import SPARSE_RELAXATIONS
+from core.api.relax import RELAXATIONS
 
 _CENTERS = ("simplex", "support")
 

@@ -55,7 +55,7 @@ from core.cost.lut import LayerSpec
 from core.engine.registry import SPACES, ConfigError
 from core.ops.ordered_dropout import (OrderedBatchNorm2d, OrderedConv2d, OrderedLinear, Width, add_padded,
                                       channel_bypass, sample_widths)
-from core.space import Choice, SearchSpace
+from core.api import Choice, SearchSpace
 
 #: activations with f(0) = 0, so a zeroed (ordered-dropout) channel stays zero through them
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": nn.Hardswish, "swish": nn.SiLU, "silu": nn.SiLU}

@@ -41,8 +41,8 @@ from torch import nn
 
 from core.cost import count_macs, count_params
 from core.engine.registry import SPACES, ConfigError, check_kwargs
-from core.space import Arch, ChoiceModule
-from core.spaces.mobile import DEFAULT_FIRST_BLOCK, MobileSpace, init_weights
+from core.api import Arch, ChoiceModule
+from core.zoo.mobile import DEFAULT_FIRST_BLOCK, MobileSpace, init_weights
 
 #: [hidden, out (teacher width), stride, layers] per block (official `StudentSuperNet.block_cfgs`)
 DNA_BLOCK_CFGS = ((24, 48, 2, 2), (40, 80, 2, 4), (80, 160, 2, 4), (112, 224, 1, 4), (192, 384, 2, 4),
@@ -88,7 +88,7 @@ class DNASupernet(nn.Module):
     """The blockwise supernet: `blocks[i]` maps the teacher's stage i-1 feature (the image for i = 0) to stage i's.
 
     `forward(x, start=0, end=None)` chains blocks `start..end-1` on the active path
-    (`core.space.activate(supernet, arch)` or per block `activate(blocks[i], ...)`).
+    (`core.api.activate(supernet, arch)` or per block `activate(blocks[i], ...)`).
     """
 
     def __init__(self, blocks: Sequence[DNABlock]):

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.space.arch import Arch
-from core.space.choice import Choice
+from core.api.arch import Arch
+from core.api.choice import Choice
 
 
 class SearchSpace:

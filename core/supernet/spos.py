@@ -12,7 +12,7 @@ statistics of all the Batch Normalization operations are recalculated on a
 random subset of training data"): `core.evaluation.supernet.SupernetEvaluator`.
 
 Works for any space with `supernet()` built of `ChoiceModule`s
-(`core.space.activate`). A path is `space.sample(rng)`: uniform over each
+(`core.api.activate`). A path is `space.sample(rng)`: uniform over each
 choice's options, rejection-sampled to valid archs and reset to the defaults
 on inactive choices; spaces whose supernet names its choices differently
 (the DARTS cell: one ChoiceModule per edge) map an arch to its supernet path
@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from core.engine.data import DataSplits
 from core.engine.runs import load_checkpoint, save_checkpoint
-from core.space import Arch, SearchSpace, activate
+from core.api import Arch, SearchSpace, activate
 
 CHECKPOINT_FORMAT = "archforge-supernet-1"
 

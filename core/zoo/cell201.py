@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 from core.engine.registry import SPACES
-from core.space import Arch, Choice, ChoiceModule, SearchSpace
-from core.spaces.darts import ReLUConvBN, check_op_names  # ReLUConvBN: NAS-Bench-201's nor_conv_kxk
+from core.api import Arch, Choice, ChoiceModule, SearchSpace
+from core.zoo.darts import ReLUConvBN, check_op_names  # ReLUConvBN: NAS-Bench-201's nor_conv_kxk
 
 ALL_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 """The five NAS-Bench-201 ops, in the official order."""
@@ -210,10 +210,10 @@ class Cell201Space(SearchSpace):
         """Every op on every edge, as `ChoiceModule`s with non-affine BN (NAS-Bench-201's search cells).
 
         Each cell has its own weights; the ChoiceModules of an edge share its
-        choice name in every cell, so `core.space.activate(net, arch)` sets
+        choice name in every cell, so `core.api.activate(net, arch)` sets
         them all, and share one logits tensor per edge (one cell genotype, as
         in DARTS on NAS-Bench-201). Starts in single-path mode on the
-        default arch; call `core.space.set_mixture` for relaxed search.
+        default arch; call `core.api.set_mixture` for relaxed search.
         """
         ops = self.ops
         net = CellNetwork(lambda width: SearchCell(ops, width), C=C or self.C, N=N or self.N,

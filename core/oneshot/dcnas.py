@@ -15,7 +15,7 @@ and Sec. 1; the method section was not available to us, see below):
 
 What we do (`DCNASSearch.fit(module, data) -> Arch`, `dcnas_scores(...)`):
 
-- **Supernet.** A SPOS supernet (`core.strategies.spos`): the `module` given
+- **Supernet.** A SPOS supernet (`core.supernet.spos`): the `module` given
   to `fit`, a checkpoint path (`supernet:`), or trained here for `epochs`
   (resumable through `checkpoint`, which the CLI sets).
 - **Samples.** `samples` distinct archs drawn uniformly by `space.sample`.
@@ -92,8 +92,8 @@ from core.evaluation.result import Result
 from core.evaluation.supernet import SupernetEvaluator, recalibrate_bn
 from core.evaluation.train import topk_correct
 from core.objective import Objective
-from core.space import Arch, SearchSpace, activate, choice_modules
-from core.strategies.spos import SPOSTrainer, _progress_enabled, load_supernet, supernet_path
+from core.api import Arch, SearchSpace, activate, choice_modules
+from core.supernet.spos import SPOSTrainer, _progress_enabled, load_supernet, supernet_path
 
 FINAL_MODES = ("finetune", "bn")
 
@@ -124,7 +124,7 @@ def layer_features(space: SearchSpace, supernet: nn.Module, archs: Sequence[Arch
                    layers: Sequence[str] | None = None, progress: bool = False) -> tuple[list[np.ndarray], list[str]]:
     """Raw per-layer features: for each layer a [n_archs, probe_size * channels] array of pooled outputs.
 
-    Runs `supernet` on each arch's path (`core.space.activate`) in training
+    Runs `supernet` on each arch's path (`core.api.activate`) in training
     mode (BN on the probe batch's statistics), without gradients; buffers are
     restored afterwards. A layer that does not run for an arch gives zeros.
     """

@@ -1,7 +1,7 @@
 """DNA: blockwisely supervised NAS with knowledge distillation (Li et al., CVPR 2020, arXiv 1911.13053).
 
 The supernet is cut into blocks aligned with the teacher's stages
-(`core.spaces.dna.DNASpace.blockwise_supernet`). Three steps, as in the paper
+(`core.zoo.dna.DNASpace.blockwise_supernet`). Three steps, as in the paper
 (sec. 3.2-3.4) and the official code (github.com/changlin31/DNA):
 
 1. Block training (`searching/dna/distill_train.py`, `guide_input: true`,
@@ -71,7 +71,7 @@ from core.engine.data import DataSplits
 from core.engine.registry import STRATEGIES, ConfigError
 from core.engine.runs import load_checkpoint, save_checkpoint
 from core.objective import Constraint, Objective
-from core.space import Arch, activate
+from core.api import Arch, activate
 
 CHECKPOINT_FORMAT = "archforge-dna-1"
 #: official per-block Adam learning rates for the six-block space

@@ -1,0 +1,1 @@
+"""Supernet training (single-path one-shot) and weight inheritance."""
