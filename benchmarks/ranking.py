@@ -84,7 +84,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from core.distill import SmallCNN, StagedTeacher  # noqa: E402
-from core.evaluation.supernet import SupernetEvaluator, recalibrate_bn  # noqa: E402
+from core.evaluation.supernet import SupernetEvaluator  # noqa: E402
+from core.supernet.bn import recalibrate_bn  # noqa: E402
 from core.evaluation.tabular import TabularEvaluator  # noqa: E402
 from core.objective import Objective  # noqa: E402
 from core.api import activate  # noqa: E402

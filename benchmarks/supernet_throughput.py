@@ -38,7 +38,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from core.evaluation.supernet import SupernetEvaluator, recalibrate_bn  # noqa: E402
+from core.evaluation.supernet import SupernetEvaluator  # noqa: E402
+from core.supernet.bn import recalibrate_bn  # noqa: E402
 from core.zoo.cell201 import Cell201Space  # noqa: E402
 from core.zoo.mobile import digits_space  # noqa: E402
 from core.oneshot.dcnas import _score  # noqa: E402

@@ -1,35 +1,71 @@
-"""`Task`: what a task package tells the generic tools (search, train, test, export, profile).
+"""The task contract: what a task tells the core, so that every evaluator and every searcher works on it.
 
-A task registers a subclass in `TASKS`; `core.cli` drives it. The base class
-implements the parts every task shares (data and space from the registries,
-evaluator, checkpoint payloads); a task supplies training and testing.
+A task package subclasses `Task` and registers it in `TASKS`. The core never
+assumes classification: it asks the task how a batch becomes a loss
+(`loss`), how a model is scored on a loader (`score`, with the task's
+`primary_metric` among the keys), how samples are batched (`collate`), what a
+space needs to build a network for this data (`build_context`), what one input
+looks like (`example_input`), and which other modules its final training
+involves (`companions`: a teacher, a discriminator).
+
+The shape follows torchdistill's forward procedures and mmrazor's per-task
+loss calculators: one object per task answers these questions, and the
+evaluators (`core.evaluation`), the supernet trainer (`core.supernet`) and
+the one-shot searchers (`core.oneshot`) only ever call them.
+
+    class MyTask(Task):
+        name = "my_task"
+        primary_metric = "psnr"
+        metrics = ("psnr", "ssim")
+
+        def loss(self, model, batch):
+            x, y = batch
+            loss = F.l1_loss(model(x), y)
+            return loss, {"l1": loss.detach()}
+
+        def score(self, model, loader):
+            ...
+            return {"psnr": ..., "ssim": ...}
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from core.engine.data import DataSplits
-from core.engine.registry import DATASETS, EVALUATORS, SPACES, ConfigError, check_kwargs
-from core.evaluation.base import Evaluator
 from core.api import Arch, SearchSpace
+from core.engine.data import DataSplits, to_device
+from core.engine.registry import DATASETS, SPACES, ConfigError, check_kwargs
 
 
 class Task:
+    """Base class of every task (see the module docstring)."""
+
     name = "task"
+    #: the metric `score` must return and an objective optimises by default
+    primary_metric: str = "accuracy"
+    #: whether a larger primary metric is better
+    higher_is_better: bool = True
+    #: every metric name `score` returns (the evaluators report these; objectives are checked against them)
+    metrics: tuple[str, ...] = ()
     #: metric names a final table shows, in order
     table_metrics: tuple[str, ...] = ()
     #: a dataclass of the task's own options, read from the config section named after the task
     #: (e.g. `super_resolution: {scale: 2}`); unknown keys and wrong types fail with the key's name
     Options: type | None = None
+    #: the DataLoader collate function of this task's datasets (None: torch's default)
+    collate: Callable | None = None
 
-    def __init__(self, cfg: dict[str, Any]):
-        self.cfg = cfg
-        self.options = self._read_options(cfg.get(self.name) or {})
+    def __init__(self, cfg: dict[str, Any] | None = None):
+        self.cfg = dict(cfg or {})
+        self.options = self._read_options(self.cfg.get(self.name) or {})
 
     def _read_options(self, section: dict[str, Any]):
         if self.Options is None:
@@ -38,36 +74,103 @@ class Task:
             return None
         return self.Options(**check_kwargs(self.Options, section, self.name))
 
-    # -- building blocks from the config ------------------------------------------------
+    # -- components from the config ---------------------------------------------------------------------
     def data(self) -> DataSplits:
         if not self.cfg.get("data"):
-            raise ConfigError("data: missing section; name a dataset, e.g. data: {name: digits}")
+            raise ConfigError(f"data: missing section; name a dataset of task {self.name!r}")
         return DATASETS.build(self.cfg["data"], "data")
 
-    def space_overrides(self, data: DataSplits) -> dict[str, Any]:
-        """Space arguments the data decides (input channels, classes) unless the config sets them."""
+    def build_context(self, data: DataSplits) -> dict[str, Any]:
+        """Space arguments the data decides (input channels, classes, scale) unless the config sets them."""
         return {}
 
     def space(self, data: DataSplits) -> SearchSpace:
         section = self.cfg.get("space")
         if not section:
             raise ConfigError("space: missing section; name a search space, e.g. space: {name: mobile}")
-        extra = {k: v for k, v in self.space_overrides(data).items() if k not in section}
+        extra = {k: v for k, v in self.build_context(data).items() if k not in section}
         return SPACES.build(section, "space", **extra)
 
-    def evaluator(self, space: SearchSpace, data: DataSplits) -> Evaluator:
-        section = self.cfg.get("evaluator") or {"name": "train"}
-        return EVALUATORS.build(section, "evaluator", space=space, data=data)
-
-    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
-        raise ConfigError(f"retrain.baselines: task {self.name!r} has no baseline {name!r}")
-
     def example_input(self, data: DataSplits) -> torch.Tensor:
+        """One input batch of size 1, as the model sees it (for MACs, latency and export)."""
         return torch.randn(1, *data.input_shape)
 
-    # -- what each task implements --------------------------------------------------------
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+        """The arch of a named hand-designed baseline in `space` (config `retrain.baselines`)."""
+        raise ConfigError(f"retrain.baselines: task {self.name!r} has no baseline {name!r}")
+
+    # -- batches, losses and scores -----------------------------------------------------------------------
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+               num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+        """A DataLoader over `dataset` with this task's collate; a seeded shuffle when `shuffle`."""
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=num_workers, drop_last=drop_last, collate_fn=self.collate)
+
+    def trainable(self, model: nn.Module, data: DataSplits) -> nn.Module:
+        """What an optimiser trains for `model`: the model itself, or the model with task heads that train with
+        it (a face task's margin head). `loss` receives this module."""
+        return model
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """How one batch becomes a scalar loss; the dict holds detached values to log (tensors or floats)."""
+        raise NotImplementedError(f"task {self.name!r} does not define a training loss")
+
+    def score(self, model: nn.Module, loader: Iterable) -> dict[str, float]:
+        """The task's metrics of `model` over `loader` (the primary metric among them); batches are moved to
+        the model's device here."""
+        raise NotImplementedError(f"task {self.name!r} does not define a score")
+
+    def resize(self, batch: Any, size: int) -> Any:
+        """`batch` with its images resized to `size` pixels a side (EcoNAS's resolution proxy)."""
+        x, *rest = batch
+        if not (torch.is_tensor(x) and x.dim() == 4):
+            raise ConfigError(f"evaluator.resolution_divisor: task {self.name!r} does not support resized inputs")
+        return (F.interpolate(x, size=size, mode="bilinear", align_corners=False), *rest)
+
+    # -- final training --------------------------------------------------------------------------------------
+    def companions(self, model: nn.Module, data: DataSplits) -> dict[str, nn.Module]:
+        """Other modules the final training of `model` involves, by role ("teacher", "discriminator", ...)."""
+        return {}
+
     def train(self, model: nn.Module, data: DataSplits, run_dir: Path, progress: bool = True) -> dict[str, float]:
-        raise NotImplementedError(f"task {self.name!r} does not implement training")
+        """Train `model` with the `train` config section (Lightning); returns the last validation scores."""
+        from core.engine.lightning import ContractModule, make_trainer
+
+        cfg = self.cfg["train"]
+        module = ContractModule(self, self.trainable(model, data), model, cfg,
+                                self.loader(data.val, self.cfg.get("test", {}).get("batch_size", 64)))
+        trainer = make_trainer(cfg, Path(run_dir), progress=progress)
+        trainer.fit(module, self.loader(data.train, cfg["batch_size"], shuffle=True, seed=self.cfg.get("seed", 0),
+                                        num_workers=cfg.get("num_workers", 0)))
+        return dict(module.last_scores)
 
     def test(self, model: nn.Module, data: DataSplits, run_dir: Path | None = None) -> dict[str, float]:
-        raise NotImplementedError(f"task {self.name!r} does not implement testing")
+        """The task's metrics on the test split."""
+        return self.score(model, self.loader(data.test, self.cfg.get("test", {}).get("batch_size", 64)))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a module with neither)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def batches_on(loader: Iterable, model: nn.Module) -> Iterable:
+    """The batches of `loader`, moved to `model`'s device."""
+    device = model_device(model)
+    for batch in loader:
+        yield to_device(batch, device)
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    """Raise FloatingPointError naming `where` when the loss is NaN or infinite (one sync with the device)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value} at {where}")
+
+
+__all__ = ["Task", "DataSplits", "model_device", "batches_on", "check_finite"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Iterator
+from typing import Any
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 
 
@@ -15,15 +17,16 @@ class DataSplits:
     """Train / validation / test sets of one dataset plus what models need to know about it.
 
     `val` is what a search scores candidates on; `test` is touched only by
-    `tools/test.py` and final tables.
+    `archforge test` and final tables. `input_shape` is one sample's input (C, H, W); `num_classes` is set by
+    datasets with class labels and None otherwise.
     """
 
     name: str
     train: Dataset
     val: Dataset
     test: Dataset
-    num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
+    num_classes: int | None = None
     class_names: list[str] = field(default_factory=list)
 
 
@@ -52,3 +55,15 @@ def split_indices(n: int, portion: float, seed: int, what: str = "samples") -> t
     if split < 1 or split >= n:
         raise ValueError(f"strategy.train_portion={portion} leaves an empty half of {n} {what}")
     return order[:split], order[split:]
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """`batch` with every tensor in it (nested in tuples, lists and dicts) moved to `device`."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(b, device) for b in batch]
+        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch

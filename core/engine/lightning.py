@@ -88,6 +88,48 @@ class SupervisedModule(L.LightningModule):
         return with_schedule(opt, self.train_cfg, int(self.trainer.estimated_stepping_batches))
 
 
+class ContractModule(L.LightningModule):
+    """Any task through the task contract: `task.loss` on training batches, `task.score` on the validation
+    loader at the end of each training epoch (the default `Task.train`)."""
+
+    def __init__(self, task: Any, trainable: nn.Module, model: nn.Module, train_cfg: dict[str, Any], val_loader):
+        super().__init__()
+        self.task, self.trainable, self.model = task, trainable, model
+        self.train_cfg, self.val_loader = train_cfg, val_loader
+        self.last_scores: dict[str, float] = {}
+
+    def forward(self, x: Any) -> Any:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        loss, logs = self.task.loss(self.trainable, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss is {value} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=_batch_len(batch))
+        return loss
+
+    def on_train_epoch_end(self):
+        if self.val_loader is None:
+            return
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            self.last_scores = {k: float(v) for k, v in self.task.score(self.model, self.val_loader).items()}
+        self.model.train(was)
+        for name, value in self.last_scores.items():
+            self.log(f"val/{name}", value, prog_bar=name == self.task.primary_metric, rank_zero_only=True)
+
+    def configure_optimizers(self):
+        opt = build_optimizer(self.trainable.parameters(), self.train_cfg, nesterov=True)
+        return with_schedule(opt, self.train_cfg, int(self.trainer.estimated_stepping_batches))
+
+
+def _batch_len(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return len(first) if hasattr(first, "__len__") else 1
+
+
 def make_trainer(train_cfg: dict[str, Any], run_dir: Path, progress: bool = True) -> L.Trainer:
     """A Trainer logging to TensorBoard in `run_dir/tb` and keeping the last checkpoint in `run_dir/checkpoints`."""
     from lightning.pytorch.callbacks import ModelCheckpoint

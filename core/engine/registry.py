@@ -60,13 +60,19 @@ class Registry:
         except KeyError:
             raise ConfigError(f"{key}: unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}") from None
 
-    def build(self, section: Mapping[str, Any], key: str, **extra: Any) -> Any:
-        """Build `section["name"]` with the section's other keys as keyword arguments (plus `extra`)."""
+    def build(self, section: Mapping[str, Any], key: str, optional: Mapping[str, Any] | None = None,
+              **extra: Any) -> Any:
+        """Build `section["name"]` with the section's other keys as keyword arguments, plus `extra`, plus those
+        of `optional` the component's signature takes (e.g. the task, which only some components need)."""
         section = dict(section or {})
         if "name" not in section:
             raise ConfigError(f"{key}.name: missing; choose a {self.kind} from {', '.join(self.names())}")
         target = self.get(section.pop("name"), f"{key}.name")
         kwargs = check_kwargs(target, section, key)
+        params = inspect.signature(target).parameters
+        for name, value in (optional or {}).items():
+            if name in params and name not in kwargs:
+                kwargs[name] = value
         return target(**kwargs, **extra)
 
 

@@ -18,7 +18,8 @@ random subset of training data". Here:
    batches for every arch, so scores are comparable and reproducible.
    `bn_batches=0` keeps the statistics the supernet training left (averaged
    over all sampled paths), which the paper's recalibration replaces;
-3. top-1/top-5 accuracy and loss on `data.val`.
+3. the task's metrics on `data.val` (`Task.score`; a `loss` among them is
+   reported as `val_loss`).
 
 Metrics always include `params` and `macs` of the standalone network at full
 size (`space.build` + `core.cost`), as every evaluator's do. The supernet is
@@ -30,69 +31,31 @@ buffers as it found them, so results do not depend on evaluation order.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, to_device
 from core.engine.registry import EVALUATORS
 from core.evaluation.base import Evaluator
 from core.evaluation.costs import CostMetrics
 from core.evaluation.result import Result
-from core.evaluation.train import topk_correct
 from core.api import Arch, SearchSpace, activate
+from core.task import Task
+from core.supernet.bn import recalibrate_bn, state_digest
+from core.supernet.spos import SPOSTrainer, load_supernet, supernet_path
 
 _PATH_MODES = ("auto", "activate", "inherit")
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches, device: torch.device | str | None = None) -> int:
-    """Reset every BN layer's running statistics and re-estimate them as the plain average over `batches`.
-
-    Runs the model in training mode without gradients, BN momentum set to
-    None (cumulative average) and restored afterwards; leaves the model in
-    eval mode. Returns the number of BN layers reset.
-    """
-    layers = batchnorm_layers(model)
-    momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    try:
-        for x, *_ in batches:
-            model(x.to(device) if device is not None else x)
-    finally:
-        for m, momentum in zip(layers, momenta):
-            m.momentum = momentum
-        model.eval()
-    return len(layers)
-
-
-def state_digest(module: nn.Module) -> str:
-    """A short hash of a module's weights and buffers (identifies the supernet in the fingerprint)."""
-    h = hashlib.sha1()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @EVALUATORS.register("supernet")
 class SupernetEvaluator(Evaluator):
     """Weight inheritance from a SPOS supernet with BN recalibration (see the module docstring)."""
 
-    def __init__(self, space: SearchSpace, data: DataSplits, supernet: str | nn.Module | None = None,
+    def __init__(self, space: SearchSpace, data: DataSplits, task: Task, supernet: str | nn.Module | None = None,
                  epochs: int = 10, train: dict | None = None, checkpoint: str | None = None, bn_batches: int = 4,
                  bn_batch_size: int = 64, batch_size: int = 256, path: str = "auto", seed: int = 0,
                  threads: int | None = 1, device: str = "cpu", latency: str = "none",
@@ -105,7 +68,7 @@ class SupernetEvaluator(Evaluator):
             path = "inherit" if callable(getattr(space, "inherit", None)) else "activate"
         if path == "inherit" and not callable(getattr(space, "inherit", None)):
             raise ValueError(f"evaluator.path: {type(space).__name__} has no inherit(); use 'activate'")
-        self.space, self.data, self.path = space, data, path
+        self.space, self.data, self.task, self.path = space, data, task, path
         self.bn_batches, self.bn_batch_size, self.batch_size = bn_batches, bn_batch_size, batch_size
         self.seed, self.threads, self.device = seed, threads, torch.device(device)
         self.epochs, self.train_kwargs = epochs, dict(train or {})
@@ -115,13 +78,10 @@ class SupernetEvaluator(Evaluator):
         self._snapshot = {k: v.detach().clone() for k, v in self.supernet.named_buffers()}
         self._digest = state_digest(self.supernet)
         self._bn_data = self._bn_batches()
-        self._val_data = [(x.to(self.device), y.to(self.device))
-                          for x, y in DataLoader(data.val, batch_size=batch_size, shuffle=False)]
+        self._val_data = [to_device(batch, self.device) for batch in task.loader(data.val, batch_size)]
 
     # -- setup ------------------------------------------------------------------------------------
     def _load(self, supernet: str | nn.Module | None, checkpoint: str | None) -> nn.Module:
-        from core.supernet.spos import SPOSTrainer, load_supernet  # lazy: core.strategies imports core.evaluation
-
         if isinstance(supernet, nn.Module):
             return supernet
         if isinstance(supernet, str):
@@ -129,7 +89,7 @@ class SupernetEvaluator(Evaluator):
         kwargs = {"seed": self.seed, "checkpoint": checkpoint, **self.train_kwargs}
         if self.supernet_kwargs:
             kwargs.setdefault("supernet_kwargs", self.supernet_kwargs)
-        trainer = SPOSTrainer(self.space, self.data, epochs=self.epochs, **kwargs)
+        trainer = SPOSTrainer(self.space, self.data, self.task, epochs=self.epochs, **kwargs)
         model = trainer.fit()
         self.supernet_kwargs = {**trainer.supernet_kwargs, **trainer._num_classes_kwarg()}
         return model
@@ -137,8 +97,7 @@ class SupernetEvaluator(Evaluator):
     def _bn_batches(self) -> list[tuple[torch.Tensor, ...]]:
         if self.bn_batches == 0:
             return []
-        loader = DataLoader(self.data.train, batch_size=self.bn_batch_size, shuffle=True, drop_last=False,
-                            generator=torch.Generator().manual_seed(self.seed))
+        loader = self.task.loader(self.data.train, self.bn_batch_size, shuffle=True, seed=self.seed)
         batches = []
         for x, *_ in loader:
             batches.append((x.to(self.device),))
@@ -160,8 +119,6 @@ class SupernetEvaluator(Evaluator):
             build_params = inspect.signature(self.space.build).parameters
             overrides = {k: v for k, v in self.supernet_kwargs.items() if k in build_params}
             return self.space.inherit(self.supernet, arch, **overrides).to(self.device)
-        from core.supernet.spos import supernet_path
-
         activate(self.supernet, supernet_path(self.space, arch))
         return self.supernet
 
@@ -173,25 +130,18 @@ class SupernetEvaluator(Evaluator):
 
     @torch.no_grad()
     def score(self, arch: Arch, bn_batches: int | None = None) -> dict[str, float]:
-        """Accuracy, top-5 and loss on `data.val` of `arch` with inherited weights (no cost metrics)."""
+        """The task's metrics on `data.val` of `arch` with inherited weights (no cost metrics)."""
         net = self._network(arch)
         try:
             batches = self._bn_data if bn_batches is None else self._bn_data[:bn_batches]
             if batches:
                 recalibrate_bn(net, batches)
             net.eval()
-            n, loss, hits = 0, 0.0, {1: 0, 5: 0}
-            for x, y in self._val_data:
-                out = net(x)
-                logits = out[0] if isinstance(out, tuple) else out
-                loss += float(F.cross_entropy(logits, y, reduction="sum"))
-                for k, v in topk_correct(logits, y).items():
-                    hits[k] += v
-                n += len(y)
+            scores = self.task.score(net, self._val_data)
         finally:
             if net is self.supernet:
                 self._restore()
-        return {"accuracy": hits[1] / max(n, 1), "top5": hits[5] / max(n, 1), "val_loss": loss / max(n, 1)}
+        return {("val_loss" if k == "loss" else k): float(v) for k, v in scores.items()}
 
     def evaluate(self, arch: Arch) -> Result:
         start = time.perf_counter()
@@ -207,4 +157,4 @@ class SupernetEvaluator(Evaluator):
         return Result(metrics=metrics, cost=time.perf_counter() - start)
 
 
-__all__ = ["SupernetEvaluator", "recalibrate_bn", "batchnorm_layers", "state_digest"]
+__all__ = ["SupernetEvaluator"]

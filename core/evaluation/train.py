@@ -6,11 +6,13 @@ channels divided by X, input resolution divided by Y, a fraction Z of the
 training set and W epochs. Their reliable proxy is c4r4s0e60 (CIFAR-10).
 Our defaults are tiny because the embedded data is tiny; set them per config.
 
-The proxy loop is a plain PyTorch loop: a Lightning Trainer per candidate
-costs more than training a candidate on the embedded data. Final training of
-the chosen arch goes through Lightning (`core.engine.lightning`).
-Params and MACs are always those of the full-size network at the data's
-input shape, whatever the proxy.
+Any task: the candidate trains on the task's loss (`Task.loss`) and is
+scored by the task's metrics on the validation split (`Task.score`; a
+`loss` among them is reported as `val_loss`). The proxy loop is a plain
+PyTorch loop: a Lightning Trainer per candidate costs more than training a
+candidate on the embedded data. Final training of the chosen arch goes
+through the task's `train` (Lightning). Params and MACs are always those of
+the full-size network at the task's example input, whatever the proxy.
 """
 
 from __future__ import annotations
@@ -20,76 +22,48 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, to_device
 from core.engine.registry import EVALUATORS
 from core.evaluation.base import Evaluator
 from core.evaluation.costs import CostMetrics
 from core.evaluation.result import Result
 from core.api import Arch, SearchSpace
+from core.task import Task
 
 
 class NaNLoss(RuntimeError):
     pass
 
 
-def classification_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy; an auxiliary head's logits (DARTS) weigh 0.4 as in the DARTS code."""
-    if isinstance(output, tuple):
-        logits, aux = output
-        return F.cross_entropy(logits, target) + 0.4 * F.cross_entropy(aux, target)
-    return F.cross_entropy(output, target)
-
-
-def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
-    maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices
-    hits = pred.eq(target[:, None])
-    return {k: int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in ks}
-
-
-@torch.no_grad()
-def evaluate_classifier(model: nn.Module, loader: DataLoader, resize: int | None = None) -> dict[str, float]:
-    """Top-1, top-5 (as fractions) and mean cross-entropy of `model` over `loader`."""
-    model.eval()
-    n, loss, correct = 0, 0.0, {1: 0, 5: 0}
-    for x, y in loader:
-        if resize:
-            x = F.interpolate(x, size=resize, mode="bilinear", align_corners=False)
-        logits = model(x)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        for k, v in topk_correct(logits, y).items():
-            correct[k] += v
-        n += len(y)
-    return {"accuracy": correct[1] / max(n, 1), "top5": correct[5] / max(n, 1), "loss": loss / max(n, 1)}
-
-
 @EVALUATORS.register("train")
 class TrainEvaluator(Evaluator):
-    def __init__(self, space: SearchSpace, data: DataSplits, epochs: int = 3, batch_size: int = 64, lr: float = 0.05,
-                 momentum: float = 0.9, weight_decay: float = 4e-5, channel_divisor: int = 1,
+    def __init__(self, space: SearchSpace, data: DataSplits, task: Task, epochs: int = 3, batch_size: int = 64,
+                 lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 4e-5, channel_divisor: int = 1,
                  resolution_divisor: int = 1, sample_ratio: float = 1.0, seed: int = 0, threads: int | None = 1,
-                 latency: str = "none", latency_table: str | None = None):
+                 latency: str = "none", latency_table: str | None = None, val_batch_size: int = 256,
+                 device: str = "cpu"):
         if not 0 < sample_ratio <= 1:
             raise ValueError(f"evaluator.sample_ratio must be in (0, 1], got {sample_ratio}")
         if channel_divisor < 1 or resolution_divisor < 1:
             raise ValueError("evaluator.channel_divisor and evaluator.resolution_divisor must be >= 1")
-        self.space, self.data = space, data
+        self.space, self.data, self.task = space, data, task
+        self.val_batch_size, self.device = val_batch_size, torch.device(device)
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.momentum, self.weight_decay = momentum, weight_decay
         self.channel_divisor, self.resolution_divisor = channel_divisor, resolution_divisor
         self.sample_ratio, self.seed, self.threads = sample_ratio, seed, threads
         self._train = self._subset(data.train)
+        self._runs: dict[Arch, dict[str, Any]] = {}  # networks part-way through their schedule (evaluate_at)
         self.costs = CostMetrics(space, data.input_shape, data.num_classes, latency, latency_table)
 
     def cost_metrics(self, arch: Arch) -> dict[str, float]:
         return self.costs(arch)
 
     def config(self) -> dict[str, Any]:
-        return {"type": "train", "space": type(self.space).__name__, "data": self.data.name,
+        return {"type": "train", "task": self.task.name, "space": type(self.space).__name__, "data": self.data.name,
                 "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum,
                 "weight_decay": self.weight_decay, "proxy": self.proxy_name, "seed": self.seed, **self.costs.config()}
 
@@ -119,35 +93,91 @@ class TrainEvaluator(Evaluator):
             torch.set_num_threads(self.threads)
         try:
             torch.manual_seed(self.seed)
-            model = self.space.build(arch, num_classes=self.data.num_classes, channel_divisor=self.channel_divisor)
-            self._fit(model)
-            val = DataLoader(self.data.val, batch_size=256)
-            scores = evaluate_classifier(model, val, self._resize())
+            model = self.build(arch).to(self.device)
+            self.fit(model, self.epochs)
+            scores = self.score(model)
         except NaNLoss as err:
             return Result.failed(str(err), time.perf_counter() - start, **metrics)
         finally:
             torch.set_num_threads(previous_threads)
-        metrics.update(accuracy=scores["accuracy"], top5=scores["top5"], val_loss=scores["loss"])
+        metrics.update(scores)
         return Result(metrics=metrics, cost=time.perf_counter() - start)
 
-    def _fit(self, model: nn.Module) -> None:
-        g = torch.Generator().manual_seed(self.seed)
-        loader = DataLoader(self._train, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=False)
-        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
-                              weight_decay=self.weight_decay, nesterov=self.momentum > 0)
-        steps = max(1, self.epochs * len(loader))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        resize = self._resize()
-        model.train()
-        for epoch in range(self.epochs):
-            for step, (x, y) in enumerate(loader):
-                if resize:
-                    x = F.interpolate(x, size=resize, mode="bilinear", align_corners=False)
-                loss = classification_loss(model(x), y)
-                if not math.isfinite(loss.item()):
-                    raise NaNLoss(f"loss is {loss.item()} at epoch {epoch} step {step}")
+    def build(self, arch: Arch) -> nn.Module:
+        """The candidate network at the proxy's width."""
+        if self.channel_divisor == 1:
+            return self.space.build(arch)
+        return self.space.build(arch, channel_divisor=self.channel_divisor)
+
+    def _batches(self, loader):
+        size = self._resize()
+        for batch in loader:
+            yield self.task.resize(batch, size) if size else batch
+
+    def score(self, model: nn.Module) -> dict[str, float]:
+        """The task's metrics on the validation split (a `loss` among them is reported as `val_loss`)."""
+        loader = self.task.loader(self.data.val, self.val_batch_size)
+        scores = self.task.score(model, self._batches(loader))
+        return {("val_loss" if k == "loss" else k): float(v) for k, v in scores.items()}
+
+    def fit(self, model: nn.Module, epochs: int, state: dict | None = None) -> dict:
+        """Train `model` (on `self.device`) up to epoch `epochs` of a cosine schedule over `self.epochs` epochs
+        (SGD, Nesterov momentum, gradient clip 5). `state` (the returned dict: the trainable module, optimiser,
+        scheduler, data order and epochs done of an earlier call) continues that run, as EcoNAS's hierarchical
+        proxy does."""
+        if state is None:
+            trainable = self.task.trainable(model, self.data)
+            loader = self.task.loader(self._train, self.batch_size, shuffle=True, seed=self.seed)
+            opt = torch.optim.SGD(trainable.parameters(), lr=self.lr, momentum=self.momentum,
+                                  weight_decay=self.weight_decay, nesterov=self.momentum > 0)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, self.epochs * len(loader)))
+            state = {"trainable": trainable, "optimizer": opt, "scheduler": sched, "loader": loader, "epochs": 0}
+        trainable, opt, sched = state["trainable"], state["optimizer"], state["scheduler"]
+        trainable.train()
+        for epoch in range(state["epochs"], epochs):
+            for step, batch in enumerate(self._batches(state["loader"])):
+                loss, _ = self.task.loss(trainable, to_device(batch, self.device))
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise NaNLoss(f"loss is {value} at epoch {epoch} step {step}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                nn.utils.clip_grad_norm_(trainable.parameters(), 5.0)
                 opt.step()
                 sched.step()
+            state["epochs"] = epoch + 1
+        return state
+
+    # -- a budget in epochs: EcoNAS's hierarchical proxy --------------------------------------------
+    def evaluate_at(self, arch: Arch, epochs: int) -> Result:
+        """The result after `epochs` epochs of this evaluator's schedule (its `epochs`). A network trained to
+        fewer epochs by an earlier call continues from there (weights, optimiser, data order), so segments
+        1..S reproduce one continuous run; `release(arch)` frees it."""
+        start = time.perf_counter()
+        arch = self.space.check(arch)
+        if not 1 <= epochs <= self.epochs:
+            raise ValueError(f"epochs must be in [1, {self.epochs}] (the evaluator's schedule), got {epochs}")
+        runs = self._runs
+        run = runs.get(arch)
+        if run is None or run.get("epochs", 0) > epochs:
+            torch.manual_seed(self.seed)
+            model = self.build(arch).to(self.device)
+            run = runs[arch] = {"model": model, "metrics": self.costs(arch), "state": None}
+        previous_threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            run["state"] = self.fit(run["model"], epochs, run["state"])
+            run["epochs"] = epochs
+            scores = self.score(run["model"])
+        except NaNLoss as err:
+            runs.pop(arch, None)
+            return Result.failed(str(err), time.perf_counter() - start, **run["metrics"])
+        finally:
+            torch.set_num_threads(previous_threads)
+        if epochs >= self.epochs:
+            self.release(arch)
+        return Result(metrics={**run["metrics"], **scores, "epochs": float(epochs)}, cost=time.perf_counter() - start)
+
+    def release(self, arch: Arch) -> None:
+        self._runs.pop(arch, None)

@@ -62,28 +62,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 import core.api.sparsestmax  # noqa: F401 - registers the sparsestmax and sparsemax relaxations
-from core.engine.data import DataSplits, cycle, split_indices
+from core.task import Task
+from core.oneshot.base import Searcher
+from core.engine.progress import progress_enabled
+from core.engine.data import DataSplits, cycle, split_indices, to_device
 from core.engine.registry import STRATEGIES
 from core.engine.runs import resume_epoch_state, save_epoch_state
-from core.evaluation.train import classification_loss
 from core.objective import Objective
 from core.api import Arch, SearchSpace, architecture_parameters, choice_modules, derive, set_mixture
 from core.api.relax import RELAXATIONS, relax
-from core.supernet.spos import _progress_enabled, build_supernet
+from core.supernet.spos import build_supernet
 
 CHECKPOINT_FORMAT = "archforge-darts-1"
 RELAXATION_NAMES = ("softmax", "gumbel", "sparsestmax", "sparsemax")
 
 
 @STRATEGIES.register("darts")
-class DartsSearcher:
+class DartsSearcher(Searcher):
     """DARTS search (see the module docstring). `fit(module, data) -> Arch`."""
 
-    gradient_based = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None, epochs: int = 50,
                  order: int = 1, relaxation: str = "softmax", batch_size: int = 64, train_portion: float = 0.5,
@@ -92,7 +93,8 @@ class DartsSearcher:
                  arch_weight_decay: float = 1e-3, unrolled_eps: float = 0.01,
                  temperature: tuple[float, float] = (10.0, 0.1), hard: bool = False, end_fraction: float = 1.0,
                  steps_per_epoch: int | None = None, supernet: dict | None = None, checkpoint: str | None = None,
-                 progress: bool = False, device: str = "cpu"):
+                 progress: bool = False, device: str = "cpu", task: Task | None = None):
+        self.task = task
         if order not in (1, 2):
             raise ValueError(f"strategy.order: expected 1 (first order) or 2 (second order), got {order!r}")
         if relaxation not in RELAXATION_NAMES:
@@ -121,7 +123,6 @@ class DartsSearcher:
         self.history: list[dict[str, Any]] = []
         self.supernet: nn.Module | None = None
         self.arch: Arch | None = None
-        self.loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] = classification_loss
 
     # -- relaxation -------------------------------------------------------------------------------
     def relax_kwargs(self, epoch: int, step: int, steps: int) -> dict[str, Any]:
@@ -157,17 +158,17 @@ class DartsSearcher:
         return Subset(data.train, first), Subset(data.train, second)
 
     # -- the two gradients -------------------------------------------------------------------------
-    def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(model(x), y)
+    def _loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return self.task.loss(model, batch)[0]
 
-    def arch_gradients_first_order(self, model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor,
+    def arch_gradients_first_order(self, model: nn.Module, val_batch: Any,
                                    alphas: list[nn.Parameter]) -> list[torch.Tensor]:
-        loss = self._loss(model, x_val, y_val)
+        loss = self._loss(model, val_batch)
         grads = torch.autograd.grad(loss, alphas, allow_unused=True)
         return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads)]
 
-    def arch_gradients_second_order(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
-                                    x_val: torch.Tensor, y_val: torch.Tensor, alphas: list[nn.Parameter],
+    def arch_gradients_second_order(self, model: nn.Module, train_batch: Any, val_batch: Any,
+                                    alphas: list[nn.Parameter],
                                     weights: list[nn.Parameter], eta: float,
                                     optimizer: torch.optim.Optimizer | None = None) -> list[torch.Tensor]:
         """Eq. 7-8: the unrolled architecture gradient with a finite-difference Hessian-vector product.
@@ -179,7 +180,7 @@ class DartsSearcher:
         backup = [w.detach().clone() for w in weights]
         try:
             # w' = w - eta (momentum * buffer + grad_w L_train + weight_decay * w), architect._compute_unrolled_model
-            loss = self._loss(model, x_train, y_train)
+            loss = self._loss(model, train_batch)
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
             with torch.no_grad():
                 for w, g in zip(weights, grads):
@@ -189,7 +190,7 @@ class DartsSearcher:
                         step = step + self.momentum * state["momentum_buffer"]
                     w.sub_(eta * step)
             # grad_alpha L_val(w', alpha) and v = grad_w' L_val(w', alpha)
-            loss = self._loss(model, x_val, y_val)
+            loss = self._loss(model, val_batch)
             grads = torch.autograd.grad(loss, list(alphas) + list(weights), allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(list(alphas) + list(weights), grads)]
             d_alpha, vector = grads[:len(alphas)], grads[len(alphas):]
@@ -203,7 +204,7 @@ class DartsSearcher:
                 with torch.no_grad():
                     for w, w0, v in zip(weights, backup, vector):
                         w.copy_(w0 + sign * r * v)
-                loss = self._loss(model, x_train, y_train)
+                loss = self._loss(model, train_batch)
                 g = torch.autograd.grad(loss, alphas, allow_unused=True)
                 implicit.append([torch.zeros_like(a) if gi is None else gi for a, gi in zip(alphas, g)])
             return [da - eta * (gp - gn) / (2 * r) for da, gp, gn in zip(d_alpha, *implicit)]
@@ -215,15 +216,16 @@ class DartsSearcher:
                     b.copy_(b0)
 
     # -- search -------------------------------------------------------------------------------------
-    def fit(self, module: nn.Module | None, data: DataSplits,
-            loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None) -> Arch:
+    def fit(self, module: nn.Module | None, data: DataSplits) -> Arch:
         """Search on `data.train` (split in two halves) and return the derived arch.
 
         `module` is the supernet to search (None: `space.supernet(**supernet)`
-        with the data's number of classes); `loss_fn(output, target)`
-        defaults to cross-entropy (a DARTS auxiliary head weighs 0.4).
+        with the data's number of classes); both steps use the task's loss
+        (`Task.loss`; classification: cross-entropy, a DARTS auxiliary head
+        weighing 0.4).
         """
-        self.loss_fn = loss_fn or classification_loss
+        if self.task is None:
+            raise ValueError("DARTS needs a task (the loss of a batch): DartsSearcher(..., task=...)")
         if module is None:
             torch.manual_seed(self.seed)  # the same initial weights for the same seed
             module = build_supernet(self.space, data.num_classes, **self.supernet_kwargs)
@@ -246,7 +248,7 @@ class DartsSearcher:
         steps = math.ceil(len(train_half) / self.batch_size)
         steps = min(steps, self.steps_per_epoch) if self.steps_per_epoch else steps
         bar = tqdm(total=self.epochs * steps, initial=start_epoch * steps, desc=f"DARTS ({self.relaxation}, "
-                   f"order {self.order})", unit="step", disable=not _progress_enabled(self.progress),
+                   f"order {self.order})", unit="step", disable=not progress_enabled(self.progress),
                    dynamic_ncols=True)
         for epoch in range(start_epoch, self.epochs):
             row = self._epoch(model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, bar)
@@ -272,47 +274,45 @@ class DartsSearcher:
     def _epoch(self, model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, bar) -> dict:
         seed = self.seed * 1_000_003 + epoch
         torch.manual_seed(seed)
-        train_loader = DataLoader(train_half, batch_size=self.batch_size, shuffle=True,
-                                  generator=torch.Generator().manual_seed(seed))
-        val_batches = cycle(DataLoader(val_half, batch_size=self.batch_size, shuffle=True,
-                                        generator=torch.Generator().manual_seed(seed + 1)))
+        train_loader = self.task.loader(train_half, self.batch_size, shuffle=True, seed=seed)
+        val_batches = cycle(self.task.loader(val_half, self.batch_size, shuffle=True, seed=seed + 1))
         model.train()
         started = time.perf_counter()
-        sums = {"train_loss": 0.0, "train_acc": 0.0, "val_loss": 0.0, "n_train": 0}
+        sums = {"train_loss": 0.0, "correct": 0.0, "n_train": 0}
         eta = w_opt.param_groups[0]["lr"]
-        for step, (x, y) in enumerate(train_loader):
+        for step, batch in enumerate(train_loader):
             if step >= steps:
                 break
-            x, y = x.to(self.device), y.to(self.device)
-            x_val, y_val = (t.to(self.device) for t in next(val_batches))
+            batch = to_device(batch, self.device)
+            val_batch = to_device(next(val_batches), self.device)
             set_mixture(model, self.relaxation, **self.relax_kwargs(epoch, step, steps))
             # architecture step on the validation half
             if self.order == 1:
-                grads = self.arch_gradients_first_order(model, x_val, y_val, alphas)
+                grads = self.arch_gradients_first_order(model, val_batch, alphas)
             else:
-                grads = self.arch_gradients_second_order(model, x, y, x_val, y_val, alphas, weights, eta, w_opt)
+                grads = self.arch_gradients_second_order(model, batch, val_batch, alphas, weights, eta, w_opt)
             for a, g in zip(alphas, grads):
                 a.grad = g.detach()
             a_opt.step()
             a_opt.zero_grad(set_to_none=True)
             # weight step on the training half
-            output = model(x)
-            loss = self.loss_fn(output, y)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"DARTS training loss is {loss.item()} at epoch {epoch} step {step}")
+            loss, logs = self.task.loss(model, batch)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"DARTS training loss is {value} at epoch {epoch} step {step}")
             w_opt.zero_grad(set_to_none=True)
             loss.backward(inputs=weights)
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(weights, self.grad_clip)
             w_opt.step()
-            logits = output[0] if isinstance(output, tuple) else output
-            sums["train_loss"] += loss.item() * len(y)
-            sums["train_acc"] += float((logits.argmax(1) == y).sum())
-            sums["n_train"] += len(y)
+            n = int(logs.get("n", 1))
+            sums["train_loss"] += value * n
+            sums["correct"] += float(logs.get("correct", 0.0))
+            sums["n_train"] += n
             bar.update(1)
         n = max(sums["n_train"], 1)
         arch = self.derive(model)
-        return {"epoch": epoch, "train_loss": sums["train_loss"] / n, "train_accuracy": sums["train_acc"] / n,
+        return {"epoch": epoch, "train_loss": sums["train_loss"] / n, "train_accuracy": sums["correct"] / n,
                 "lr": eta, "seconds": time.perf_counter() - started, "arch": arch.to_dict()}
 
     # -- derivation -----------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ def darts_derive(space, supernet: nn.Module, weights_fn: Callable[[torch.Tensor]
 
     With softmax weights this is exactly `DartsSpace.derive`; other relaxations rank the edges by their own weights.
     """
-    from core.zoo.darts import CELL_TYPES, Genotype, _parse_cell, _steps_for_edges, genotype_to_arch
+    from core.zoo.darts import CELL_TYPES, Genotype, parse_cell, steps_for_edges, genotype_to_arch
 
     by_name = {m.name: m for m in choice_modules(supernet)}
     fields = {}
@@ -357,8 +357,8 @@ def darts_derive(space, supernet: nn.Module, weights_fn: Callable[[torch.Tensor]
         if not edge_weights:
             raise ValueError(f"supernet has no ChoiceModule named {cell}.edge0")
         ops = by_name[f"{cell}.edge0"].choice.options
-        fields[cell] = _parse_cell(edge_weights, ops)
-        fields[f"{cell}_concat"] = list(range(2, _steps_for_edges(len(edge_weights)) + 2))
+        fields[cell] = parse_cell(edge_weights, ops)
+        fields[f"{cell}_concat"] = list(range(2, steps_for_edges(len(edge_weights)) + 2))
     return space.check(genotype_to_arch(Genotype(**fields)))
 
 

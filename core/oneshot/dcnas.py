@@ -80,20 +80,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from core.engine.data import DataSplits
+from core.task import Task
+from core.oneshot.base import Searcher
+from core.engine.progress import progress_enabled
+from core.engine.data import DataSplits, to_device
 from core.engine.registry import STRATEGIES, ConfigError
 from core.evaluation.base import safe_evaluate
 from core.evaluation.result import Result
-from core.evaluation.supernet import SupernetEvaluator, recalibrate_bn
-from core.evaluation.train import topk_correct
+from core.evaluation.supernet import SupernetEvaluator
+from core.supernet.bn import recalibrate_bn
 from core.objective import Objective
 from core.api import Arch, SearchSpace, activate, choice_modules
-from core.supernet.spos import SPOSTrainer, _progress_enabled, load_supernet, supernet_path
+from core.supernet.spos import SPOSTrainer, load_supernet, supernet_path
 
 FINAL_MODES = ("finetune", "bn")
 
@@ -101,9 +103,10 @@ FINAL_MODES = ("finetune", "bn")
 # ---------------------------------------------------------------------------------------------
 # step 1: representations
 # ---------------------------------------------------------------------------------------------
-def probe_batch(data: DataSplits, size: int = 64, seed: int = 0) -> torch.Tensor:
-    """`size` training images drawn with a seeded generator (the same for every arch)."""
-    loader = DataLoader(data.train, batch_size=size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+def probe_batch(data: DataSplits, size: int = 64, seed: int = 0, task: Task | None = None) -> torch.Tensor:
+    """`size` training inputs drawn with a seeded generator (the same for every arch)."""
+    loader = task.loader(data.train, size, shuffle=True, seed=seed) if task is not None else \
+        DataLoader(data.train, batch_size=size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     return next(iter(loader))[0]
 
 
@@ -144,7 +147,7 @@ def layer_features(space: SearchSpace, supernet: nn.Module, archs: Sequence[Arch
     was_training = supernet.training
     supernet.train()
     try:
-        for arch in tqdm(archs, desc="DC-NAS features", unit="arch", disable=not _progress_enabled(progress)):
+        for arch in tqdm(archs, desc="DC-NAS features", unit="arch", disable=not progress_enabled(progress)):
             recorded.clear()
             activate(supernet, supernet_path(space, arch))
             supernet(probe)
@@ -210,35 +213,22 @@ def path_network(space: SearchSpace, supernet: nn.Module, arch: Arch) -> nn.Modu
     return net
 
 
-def _batches(dataset, batch_size: int, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+def _batches(task: Task, dataset, batch_size: int, n: int, seed: int) -> list[Any]:
+    loader = task.loader(dataset, batch_size, shuffle=True, seed=seed)
     out: list = []
     while len(out) < n:
-        for x, y in loader:
-            out.append((x, y))
+        for batch in loader:
+            out.append(batch)
             if len(out) == n:
                 break
     return out
 
 
-@torch.no_grad()
-def _score(net: nn.Module, val: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    net.eval()
-    n, loss, hits = 0, 0.0, {1: 0, 5: 0}
-    for x, y in val:
-        out = net(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        for k, v in topk_correct(logits, y).items():
-            hits[k] += v
-        n += len(y)
-    return {"accuracy": hits[1] / max(n, 1), "top5": hits[5] / max(n, 1), "val_loss": loss / max(n, 1)}
-
-
-def finetune_score(space: SearchSpace, supernet: nn.Module, arch: Arch, data: DataSplits, steps: int = 20,
-                   lr: float = 0.01, batch_size: int = 64, bn_batches: int = 8, seed: int = 0,
+def finetune_score(space: SearchSpace, supernet: nn.Module, arch: Arch, data: DataSplits, task: Task,
+                   steps: int = 20, lr: float = 0.01, batch_size: int = 64, bn_batches: int = 8, seed: int = 0,
                    device: str | torch.device = "cpu") -> dict[str, float]:
-    """Fine-tune a copy of `arch`'s path for `steps` SGD steps, recalibrate BN, score on `data.val`.
+    """Fine-tune a copy of `arch`'s path for `steps` SGD steps on the task's loss, recalibrate BN, and score it
+    with the task's metrics on `data.val` (a `loss` among them reported as `val_loss`).
 
     Every arch sees the same seeded batches; the supernet is not modified.
     """
@@ -250,19 +240,18 @@ def finetune_score(space: SearchSpace, supernet: nn.Module, arch: Arch, data: Da
             params = [p for p in net.parameters() if p.requires_grad]
             opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=4e-5)
             net.train()
-            for x, y in _batches(data.train, batch_size, steps, seed + 1):
-                out = net(x.to(device))
-                logits = out[0] if isinstance(out, tuple) else out
-                loss = F.cross_entropy(logits, y.to(device))
+            for batch in _batches(task, data.train, batch_size, steps, seed + 1):
+                loss, _ = task.loss(net, to_device(batch, device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, 5.0)
                 opt.step()
-        recal = [(x.to(device),) for x, _ in _batches(data.train, batch_size, bn_batches, seed + 2)]
+        recal = [(batch[0].to(device),) for batch in _batches(task, data.train, batch_size, bn_batches, seed + 2)]
         if recal:
             recalibrate_bn(net, recal)
-        val = [(x.to(device), y.to(device)) for x, y in DataLoader(data.val, batch_size=256, shuffle=False)]
-        return _score(net, val)
+        net.eval()
+        scores = task.score(net, task.loader(data.val, 256))
+        return {("val_loss" if k == "loss" else k): float(v) for k, v in scores.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +278,7 @@ class DCNASOutcome:
         return out
 
 
-def dcnas_scores(space: SearchSpace, supernet: nn.Module, data: DataSplits, archs: Sequence[Arch],
+def dcnas_scores(space: SearchSpace, supernet: nn.Module, data: DataSplits, task: Task, archs: Sequence[Arch],
                  clusters: int = 5, seed: int = 0, probe_size: int = 64, layers: Sequence[str] | None = None,
                  bn_batches: int = 4, final: str = "finetune", final_steps: int = 20, final_lr: float = 0.01,
                  final_bn_batches: int = 8, batch_size: int = 64, objective: Objective | None = None,
@@ -304,15 +293,15 @@ def dcnas_scores(space: SearchSpace, supernet: nn.Module, data: DataSplits, arch
     if not archs:
         raise ValueError("DC-NAS: no architectures to cluster")
     objective = objective or Objective()
-    evaluator = evaluator or SupernetEvaluator(space, data, supernet=supernet, bn_batches=bn_batches, seed=seed,
-                                               device=device)
-    blocks, names = layer_features(space, evaluator.supernet, archs, probe_batch(data, probe_size, seed), layers,
+    evaluator = evaluator or SupernetEvaluator(space, data, task, supernet=supernet, bn_batches=bn_batches,
+                                               seed=seed, device=device)
+    blocks, names = layer_features(space, evaluator.supernet, archs, probe_batch(data, probe_size, seed, task), layers,
                                    progress)
     features = representations(blocks)
     labels = cluster(features, clusters, seed)
 
     results = [safe_evaluate(evaluator, a) for a in
-               tqdm(archs, desc="DC-NAS evaluate", unit="arch", disable=not _progress_enabled(progress))]
+               tqdm(archs, desc="DC-NAS evaluate", unit="arch", disable=not progress_enabled(progress))]
     fitness = [objective.fitness(r) for r in results]
     winners: dict[int, int] = {}
     for i, k in enumerate(labels.tolist()):
@@ -323,12 +312,12 @@ def dcnas_scores(space: SearchSpace, supernet: nn.Module, data: DataSplits, arch
     final_results: dict[int, Result] = {}
     thorough = None
     if final == "bn":
-        thorough = SupernetEvaluator(space, data, supernet=evaluator.supernet, bn_batches=final_bn_batches, seed=seed,
-                                     device=device)
+        thorough = SupernetEvaluator(space, data, task, supernet=evaluator.supernet, bn_batches=final_bn_batches,
+                                     seed=seed, device=device)
     for k, i in winners.items():
         metrics = {m: v for m, v in results[i].metrics.items() if m in ("params", "macs", "latency_ms")}
         if final == "finetune":
-            metrics.update(finetune_score(space, evaluator.supernet, archs[i], data, final_steps, final_lr,
+            metrics.update(finetune_score(space, evaluator.supernet, archs[i], data, task, final_steps, final_lr,
                                           batch_size, final_bn_batches, seed, device))
         else:
             metrics.update(thorough.score(archs[i]))
@@ -351,7 +340,7 @@ def dcnas_scores(space: SearchSpace, supernet: nn.Module, data: DataSplits, arch
 # the searcher
 # ---------------------------------------------------------------------------------------------
 @STRATEGIES.register("dcnas")
-class DCNASSearch:
+class DCNASSearch(Searcher):
     """DC-NAS (see the module docstring). `fit(module, data) -> Arch`; config keys are the arguments below.
 
     - supernet: `supernet` (a SPOS checkpoint path) or trained here: `epochs`,
@@ -363,14 +352,14 @@ class DCNASSearch:
       `final_bn_batches` for the merge.
     """
 
-    gradient_based = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None,
                  supernet: str | None = None, epochs: int = 10, train: dict | None = None,
                  supernet_kwargs: dict | None = None, samples: int = 100, clusters: int = 5, probe_size: int = 64,
                  layers: list | None = None, bn_batches: int = 4, final: str = "finetune", final_steps: int = 20,
                  final_lr: float = 0.01, final_bn_batches: int = 8, checkpoint: str | None = None,
-                 progress: bool = False, device: str = "cpu"):
+                 progress: bool = False, device: str = "cpu", task: Task | None = None):
+        self.task = task
         for key, value in (("samples", samples), ("clusters", clusters), ("probe_size", probe_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"strategy.{key}: expected an integer >= 1, got {value!r}")
@@ -401,7 +390,7 @@ class DCNASSearch:
         kwargs = {"seed": self.seed, "progress": self.progress, "device": self.device, **self.train_kwargs}
         if self.supernet_kwargs:
             kwargs["supernet_kwargs"] = self.supernet_kwargs
-        trainer = SPOSTrainer(self.space, data, epochs=self.epochs,
+        trainer = SPOSTrainer(self.space, data, self.task, epochs=self.epochs,
                               checkpoint=str(self.checkpoint) if self.checkpoint else None, **kwargs)
         supernet = trainer.fit()
         self.history = trainer.history
@@ -428,7 +417,7 @@ class DCNASSearch:
             raise TypeError("DCNASSearch.fit: data is required")
         self.supernet = self._supernet(module, data)
         archs = self.sample()
-        outcome = dcnas_scores(self.space, self.supernet, data, archs, clusters=self.clusters, seed=self.seed,
+        outcome = dcnas_scores(self.space, self.supernet, data, self.task, archs, clusters=self.clusters, seed=self.seed,
                                probe_size=self.probe_size, layers=self.layers, bn_batches=self.bn_batches,
                                final=self.final, final_steps=self.final_steps, final_lr=self.final_lr,
                                final_bn_batches=self.final_bn_batches, objective=self.objective,

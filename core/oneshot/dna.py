@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -66,6 +65,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from core.task import Task
+from core.oneshot.base import Searcher
+from core.engine.progress import progress_enabled
 from core.distill.teachers import StagedTeacher, load_teacher
 from core.engine.data import DataSplits
 from core.engine.registry import STRATEGIES, ConfigError
@@ -78,9 +80,6 @@ CHECKPOINT_FORMAT = "archforge-dna-1"
 OFFICIAL_LR = (0.002, 0.005, 0.005, 0.005, 0.005, 0.002)
 METRICS = ("cl_loss", "loss", "rela_loss")
 
-
-def _progress_enabled(progress: bool) -> bool:
-    return progress and not os.environ.get("ARCHFORGE_NO_PROGRESS")
 
 
 @dataclass
@@ -217,7 +216,7 @@ def _load_bn_state(bns: list, state: list) -> None:
 # the searcher
 # ---------------------------------------------------------------------------------------------
 @STRATEGIES.register("dna")
-class DNASearch:
+class DNASearch(Searcher):
     """DNA (see the module docstring). `fit(module, data) -> Arch`; config keys are the arguments below.
 
     - `teacher`: a `load_teacher` spec (name, checkpoint, kwargs), or pass the
@@ -236,7 +235,6 @@ class DNASearch:
       histories, scores); a rerun resumes after the last finished block.
     """
 
-    gradient_based = True
 
     def __init__(self, space, seed: int = 0, objective: Objective | None = None,
                  teacher: str | dict | None = None, teacher_stages: list | None = None,
@@ -245,7 +243,8 @@ class DNASearch:
                  score_batches: int = 20, recalib_batches: int = 1, metric: str = "cl_loss",
                  constraint: str | None = None, input_size: int | None = None, fixed_blocks: list = (),
                  traversal: str = "exact", max_paths: int | None = None, checkpoint: str | None = None,
-                 device: str = "cpu", progress: bool = False):
+                 device: str = "cpu", progress: bool = False, task: Task | None = None):
+        self.task = task
         for needed in ("blockwise_supernet", "block_choices", "cost_table", "arch_from_paths"):
             if not hasattr(space, needed):
                 raise ConfigError(f"strategy.name: dna needs a blockwise space such as 'dna' or 'dna_digits'; "
@@ -364,7 +363,7 @@ class DNASearch:
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.lr_decay)
         steps = len(loader) if not self.steps_per_epoch else min(len(loader), self.steps_per_epoch)
         bar = tqdm(total=self.epochs_per_block * steps, desc=f"DNA block {i}", unit="step",
-                   disable=not _progress_enabled(self.progress), dynamic_ncols=True)
+                   disable=not progress_enabled(self.progress), dynamic_ncols=True)
         losses = []
         for _ in range(self.epochs_per_block):
             block.train()
@@ -417,7 +416,7 @@ class DNASearch:
         seen = 0
         block.eval()
         bar = tqdm(total=self.score_batches * len(paths), desc=f"DNA rank block {i}", unit="path",
-                   disable=not _progress_enabled(self.progress), dynamic_ncols=True)
+                   disable=not progress_enabled(self.progress), dynamic_ncols=True)
         for b, (x, *_) in enumerate(loader):
             if b >= self.score_batches:
                 break

@@ -71,14 +71,11 @@ saves to it and the phase-4 training to `<checkpoint>.proposal`, after every
 epoch; a rerun resumes both (the vital search, the proposal and the evolution
 are deterministic for a seed and cheap, so they are recomputed).
 """
-
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import random
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,24 +83,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.cost import count_macs, count_params
+from core.task import Task
+from core.oneshot.base import Searcher
 from core.engine.data import DataSplits
 from core.engine.registry import STRATEGIES, ConfigError
 from core.evaluation.base import safe_evaluate
 from core.evaluation.result import Result
 from core.evaluation.supernet import SupernetEvaluator
 from core.objective import Constraint, Objective
-from core.api import Arch, Choice, SearchSpace
+from core.api import Arch, SearchSpace
+from core.api.shrunk import ShrunkSpace
+from core.cost.stage_model import LAYER_PATTERN, SKIP, StageCostModel
 from core.strategies.evolution import RegularizedEvolution
 from core.supernet.spos import SPOSTrainer, build_supernet
 
-_LAYER = re.compile(r"^stage(\d+)\.layer(\d+)\.op$")
-SKIP = "skip"
 
 
-# ---------------------------------------------------------------------------------------------
-# vital blocks
-# ---------------------------------------------------------------------------------------------
 def vital_choices(space: SearchSpace) -> list[str]:
     """The choice of the first layer of every stage (`stage{i}.layer0.op`), in stage order.
 
@@ -113,7 +108,7 @@ def vital_choices(space: SearchSpace) -> list[str]:
     """
     firsts: dict[int, tuple[int, str]] = {}
     for c in space.choices:
-        m = _LAYER.match(c.name)
+        m = LAYER_PATTERN.match(c.name)
         if m:
             i, j = int(m.group(1)), int(m.group(2))
             if i not in firsts or j < firsts[i][0]:
@@ -130,271 +125,8 @@ def vital_choices(space: SearchSpace) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# an additive cost model of the mobile space
-# ---------------------------------------------------------------------------------------------
-class StageCostModel:
-    """Exact per-layer costs of a `MobileSpace` and the expected total under independent choices.
-
-    The network's MACs (or params) are the sum of its layers' (stem, first
-    block, every active MBConv, head conv, classifier). A layer's cost depends
-    on its input width, output width and op (and its fixed resolution): stage
-    i's first layer on (width of stage i-1, width of stage i, op), later
-    layers on (width of stage i, op) and count only when the stage's depth
-    exceeds their index. `arch_cost(arch)` is exact (equal to
-    `count_macs(space.build(arch), input)`); `expected(probs)` is the exact
-    expectation when every choice is drawn independently from `probs`
-    (option-index tensors; missing choices sit at their only option).
-    """
-
-    def __init__(self, space: SearchSpace, input_shape: Sequence[int], num_classes: int | None = None,
-                 metric: str = "macs"):
-        for needed in ("plan", "stages"):
-            if not hasattr(space, needed):
-                raise ConfigError(f"hournas needs a mobile-style space with plan() and stages; "
-                                  f"{type(space).__name__} has no {needed}")
-        if metric not in ("macs", "params"):
-            raise ConfigError(f"hournas: the budget metric must be macs or params, got {metric!r}")
-        self.space, self.metric = space, metric
-        self.input_shape, self.num_classes = tuple(input_shape), num_classes
-        self._cache: dict[Any, float] = {}
-        self.n = len(space.stages)
-        base = space.check(space.default())
-        self.widths = [self._opts(f"stage{i}.width", (space.stage_width(base, i),)) for i in range(self.n)]
-        self.depths = [space.choice(f"stage{i}.depth").options for i in range(self.n)]
-        self.ops = [[space.choice(f"stage{i}.layer{j}.op").options for j in range(max(self.depths[i]))]
-                    for i in range(self.n)]
-        self._tables()
-
-    def _opts(self, name: str, fallback: tuple) -> tuple:
-        return self.space.choice(name).options if name in self.space else fallback
-
-    def _count(self, layer, res: tuple[int, int]) -> float:
-        key = (layer, res)
-        if key not in self._cache:
-            module = layer.make()
-            if self.metric == "params":
-                self._cache[key] = float(count_params(module))
-            else:
-                self._cache[key] = float(count_macs(module, (1, layer.in_ch, *res)))
-        return self._cache[key]
-
-    def _plan(self, values: Mapping[str, Any]):
-        arch = dict(self.space.default())
-        arch.update(values)
-        return self.space.plan(self.space.check(arch), num_classes=self.num_classes)
-
-    def _tables(self) -> None:
-        full = {f"stage{i}.depth": max(self.depths[i]) for i in range(self.n)}
-        plan = self._plan(full)
-        res = tuple(self.input_shape[1:])
-        self.fixed = self._count(plan.stem, res)
-        res = plan.stem.out_size(*res)
-        if plan.first_block is not None:
-            self.fixed += self._count(plan.first_block, res)
-            res = plan.first_block.out_size(*res)
-        self.res_in, self.res_out = [], []
-        for i in range(self.n):
-            self.res_in.append(res)
-            res = plan.stages[i][0].out_size(*res)
-            self.res_out.append(res)
-        # first layers: [w_prev, w, op]; later layers: [w, op]; head+classifier: [w_last]
-        self.first: list[torch.Tensor] = []
-        self.later: list[list[torch.Tensor]] = []
-        for i in range(self.n):
-            prev = self.widths[i - 1] if i > 0 else (None,)
-            t = torch.zeros(len(prev), len(self.widths[i]), len(self.ops[i][0]), dtype=torch.float64)
-            for (a, wp), (b, w), (k, op) in itertools.product(enumerate(prev), enumerate(self.widths[i]),
-                                                              enumerate(self.ops[i][0])):
-                values = {**full, **self._width(i, w), f"stage{i}.layer0.op": op}
-                if i > 0:
-                    values.update(self._width(i - 1, wp))
-                t[a, b, k] = self._count(self._plan(values).stages[i][0], self.res_in[i])
-            self.first.append(t)
-            rows = []
-            for j in range(1, len(self.ops[i])):
-                t = torch.zeros(len(self.widths[i]), len(self.ops[i][j]), dtype=torch.float64)
-                for (b, w), (k, op) in itertools.product(enumerate(self.widths[i]), enumerate(self.ops[i][j])):
-                    layer = self._plan({**full, **self._width(i, w), f"stage{i}.layer{j}.op": op}).stages[i][j]
-                    t[b, k] = 0.0 if layer.kind == "skip" else self._count(layer, self.res_out[i])
-                rows.append(t)
-            self.later.append(rows)
-        last = self.n - 1
-        self.tail = torch.zeros(len(self.widths[last]), dtype=torch.float64)
-        for b, w in enumerate(self.widths[last]):
-            plan = self._plan({**full, **self._width(last, w)})
-            cost, r = 0.0, self.res_out[last]
-            if plan.head is not None:
-                cost += self._count(plan.head, r)
-            self.tail[b] = cost + self._count(plan.classifier, r)
-
-    def _width(self, i: int, w: Any) -> dict[str, Any]:
-        name = f"stage{i}.width"
-        return {name: w} if name in self.space else {}
-
-    # -- names of the choices the model reads -----------------------------------------------------
-    def names(self) -> list[str]:
-        out = []
-        for i in range(self.n):
-            if f"stage{i}.width" in self.space:
-                out.append(f"stage{i}.width")
-            out.append(f"stage{i}.depth")
-            out += [f"stage{i}.layer{j}.op" for j in range(len(self.ops[i]))]
-        return out
-
-    def options(self, name: str) -> tuple:
-        return self.space.choice(name).options
-
-    # -- costs ------------------------------------------------------------------------------------
-    def expected(self, probs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Expected total cost under independent per-choice distributions (differentiable)."""
-        def p(name: str, size: int) -> torch.Tensor:
-            if name in probs:
-                return probs[name].to(torch.float64)
-            if size != 1:
-                raise KeyError(f"expected(): no distribution for {name} ({size} options)")
-            return torch.ones(1, dtype=torch.float64)
-
-        total = torch.tensor(self.fixed, dtype=torch.float64)
-        prev = torch.ones(1, dtype=torch.float64)
-        for i in range(self.n):
-            pw = p(f"stage{i}.width", len(self.widths[i]))
-            p0 = p(f"stage{i}.layer0.op", len(self.ops[i][0]))
-            total = total + torch.einsum("a,b,k,abk->", prev, pw, p0, self.first[i])
-            pd = p(f"stage{i}.depth", len(self.depths[i]))
-            for j, t in enumerate(self.later[i], start=1):
-                active = sum((pd[k] for k, d in enumerate(self.depths[i]) if d > j),
-                             torch.zeros((), dtype=torch.float64))
-                pj = p(f"stage{i}.layer{j}.op", t.shape[1])
-                total = total + active * torch.einsum("b,k,bk->", pw, pj, t)
-            prev = pw
-        return total + (prev * self.tail).sum()
-
-    def one_hot(self, arch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        out = {}
-        for name in self.names():
-            opts = self.options(name)
-            t = torch.zeros(len(opts), dtype=torch.float64)
-            t[opts.index(arch[name])] = 1.0
-            out[name] = t
-        return out
-
-    def arch_cost(self, arch: Mapping[str, Any]) -> float:
-        """Exact cost of one arch (inactive layers count nothing)."""
-        return float(self.expected(self.one_hot(arch)))
-
-    def min_cost(self, allowed: Mapping[str, Sequence[Any]] | None = None) -> float:
-        """The cheapest arch using only the `allowed` options (others: every option); inf when none exists.
-
-        Dynamic programming over stages on the width of each stage (the only
-        coupling between stages); within a stage the cheapest depth and ops.
-        """
-        allowed = allowed or {}
-
-        def idx(name: str, options: tuple) -> list[int]:
-            keep = allowed.get(name)
-            return [k for k, o in enumerate(options) if keep is None or o in keep]
-
-        best_prev = {0: self.fixed}  # width index of the previous stage -> cheapest cost so far
-        for i in range(self.n):
-            widths = idx(f"stage{i}.width", self.widths[i]) if f"stage{i}.width" in self.space else [0]
-            ops0 = idx(f"stage{i}.layer0.op", self.ops[i][0])
-            depths = [self.depths[i][k] for k in idx(f"stage{i}.depth", self.depths[i])]
-            current: dict[int, float] = {}
-            for b in widths:
-                if not ops0 or not depths:
-                    continue
-                later = [min((float(t[b, k]) for k in idx(f"stage{i}.layer{j}.op", self.ops[i][j])), default=math.inf)
-                         for j, t in enumerate(self.later[i], start=1)]
-                stage = min(sum(later[:d - 1]) for d in depths)
-                first = min(float(self.first[i][a, b, k]) + c for a, c in best_prev.items() for k in ops0)
-                current[b] = first + stage
-            if not current:
-                return math.inf
-            best_prev = current
-        return min(c + float(self.tail[b]) for b, c in best_prev.items())
 
 
-# ---------------------------------------------------------------------------------------------
-# a restricted view of a space
-# ---------------------------------------------------------------------------------------------
-class ShrunkSpace(SearchSpace):
-    """`base` with fewer options per choice, sampled from per-choice probabilities, within a cost budget.
-
-    Archs are checked against the kept options and `cost(arch) <= budget`
-    (sampling and mutation retry until they hold); `build`, `inherit`,
-    `supernet` and `active` are the base space's, so supernets and the
-    supernet evaluator work unchanged. Inactive choices are reset to this
-    space's defaults (kept options); `base.check(arch)` gives the base form.
-    """
-
-    def __init__(self, base: SearchSpace, options: Mapping[str, Sequence[Any]] | None = None,
-                 probs: Mapping[str, Sequence[float]] | None = None, budget: float = math.inf,
-                 cost=None, metric: str = "macs"):
-        self.base, self.budget, self.cost, self.metric = base, budget, cost, metric
-        options = dict(options or {})
-        choices = []
-        for c in base.choices:
-            keep = tuple(o for o in c.options if o in options[c.name]) if c.name in options else c.options
-            if not keep:
-                raise ValueError(f"ShrunkSpace: no option of {c.name} kept")
-            choices.append(Choice(c.name, keep, default=c.default if c.default in keep else keep[0]))
-        super().__init__(choices)
-        self.probs: dict[str, list[float]] = {}
-        for c in self.choices:
-            if probs and c.name in probs:
-                full = dict(zip(base.choice(c.name).options, probs[c.name]))
-                w = [max(float(full.get(o, 0.0)), 0.0) for o in c.options]
-                total = sum(w)
-                self.probs[c.name] = [x / total for x in w] if total > 0 else [1.0 / len(w)] * len(w)
-        base_build, base_inherit = base.build, getattr(base, "inherit", None)
-
-        @functools.wraps(base_build)
-        def build(arch, *args, **kwargs):
-            return base_build(self.check(arch), *args, **kwargs)
-
-        self.build = build
-        if callable(base_inherit):
-            @functools.wraps(base_inherit)
-            def inherit(supernet, arch, *args, **kwargs):
-                return base_inherit(supernet, self.check(arch), *args, **kwargs)
-
-            self.inherit = inherit
-
-    def __getattr__(self, name: str) -> Any:  # plan, stages, layer_specs, describe, ... of the base space
-        if name in ("base", "__setstate__", "__getstate__") or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    def active(self, arch: Mapping[str, Any]) -> list[str]:
-        return self.base.active(arch)
-
-    def constraint_error(self, arch: Arch) -> str | None:
-        reason = self.base.constraint_error(arch)
-        if reason:
-            return reason
-        if self.cost is not None and math.isfinite(self.budget):
-            value = self.cost(arch)
-            if value > self.budget:
-                return f"{self.metric} {value:g} is over the budget {self.budget:g}"
-        return None
-
-    def sample(self, rng: random.Random) -> Arch:
-        if not self.probs:
-            return super().sample(rng)
-
-        def make() -> Arch:
-            return Arch({c.name: (rng.choices(c.options, weights=self.probs[c.name])[0] if c.name in self.probs
-                                  else rng.choice(c.options)) for c in self.choices})
-
-        return self._until_valid(make, "sample")
-
-    def supernet(self, *args: Any, **kwargs: Any) -> nn.Module:
-        return self.base.supernet(*args, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# the space proposal
-# ---------------------------------------------------------------------------------------------
 def space_proposal(model: StageCostModel, fixed: Mapping[str, Any], budget: float,
                    allowed: Mapping[str, Sequence[Any]] | None = None, iterations: int = 30,
                    damping: float = 0.5, bisections: int = 30, tolerance: float = 1e-3) -> dict[str, torch.Tensor]:
@@ -469,7 +201,7 @@ def affordable_options(model: StageCostModel, fixed: Mapping[str, Any], budget: 
         keep = []
         for o in model.options(name):
             allowed = {**base_allowed, name: [o]}
-            m = _LAYER.match(name)
+            m = LAYER_PATTERN.match(name)
             if m and int(m.group(2)) > 0:
                 i, j = int(m.group(1)), int(m.group(2))
                 allowed[f"stage{i}.depth"] = [d for d in model.depths[i] if d > j
@@ -488,7 +220,7 @@ def cheapest_options(model: StageCostModel, fixed: Mapping[str, Any]) -> dict[st
         if name in fixed:
             continue
         costs = [model.min_cost({**allowed, name: [o]}) for o in model.options(name)]
-        m = _LAYER.match(name)
+        m = LAYER_PATTERN.match(name)
         if m and int(m.group(2)) > 0:  # a later layer's op: compare the ops with the layer active
             i, j = int(m.group(1)), int(m.group(2))
             deeper = [d for d in model.depths[i] if d > j]
@@ -497,11 +229,8 @@ def cheapest_options(model: StageCostModel, fixed: Mapping[str, Any]) -> dict[st
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# the searcher
-# ---------------------------------------------------------------------------------------------
 @STRATEGIES.register("hournas")
-class HourNASSearch:
+class HourNASSearch(Searcher):
     """HourNAS (see the module docstring). `fit(module, data) -> Arch`; config keys are the arguments below.
 
     - budget: `constraint` ("macs <= N" / "params <= N"; None: the objective's).
@@ -513,14 +242,14 @@ class HourNASSearch:
       evolution; `bn_batches`: BN recalibration of the supernet evaluator.
     """
 
-    gradient_based = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None,
                  constraint: str | None = None, vital_epochs: int = 5, proposal_epochs: int = 5,
                  train: dict | None = None, supernet_kwargs: dict | None = None, vital_evaluations: int = 64,
                  keep_ratio: float = 0.5, evaluations: int = 100, population_size: int = 20,
                  sample_size: int = 5, bn_batches: int = 4, checkpoint: str | None = None,
-                 progress: bool = False, device: str = "cpu"):
+                 progress: bool = False, device: str = "cpu", task: Task | None = None):
+        self.task = task
         self.vital = vital_choices(space)
         for key, value in (("vital_epochs", vital_epochs), ("proposal_epochs", proposal_epochs)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -582,14 +311,14 @@ class HourNASSearch:
         if epochs == 0:
             return supernet
         kwargs = {"seed": self.seed, "progress": self.progress, "device": self.device, **self.train_kwargs}
-        trainer = SPOSTrainer(space, data, epochs=epochs, checkpoint=self._ckpt(tag), **kwargs)
+        trainer = SPOSTrainer(space, data, self.task, epochs=epochs, checkpoint=self._ckpt(tag), **kwargs)
         return trainer.fit(supernet)
 
     def _evaluator(self, space: SearchSpace, data: DataSplits) -> SupernetEvaluator:
         kwargs = {**self.supernet_kwargs}
         if "num_classes" not in kwargs:
             kwargs["num_classes"] = data.num_classes
-        return SupernetEvaluator(space, data, supernet=self.supernet, bn_batches=self.bn_batches, seed=self.seed,
+        return SupernetEvaluator(space, data, self.task, supernet=self.supernet, bn_batches=self.bn_batches, seed=self.seed,
                                  device=self.device, supernet_kwargs=kwargs)
 
     # -- phases ----------------------------------------------------------------------------------------
@@ -610,7 +339,7 @@ class HourNASSearch:
 
     @staticmethod
     def _cheapest_op(model: StageCostModel, name: str) -> Any:
-        m = _LAYER.match(name)
+        m = LAYER_PATTERN.match(name)
         i, j = int(m.group(1)), int(m.group(2))
         table = model.first[i].amax(dim=(0, 1)) if j == 0 else model.later[i][j - 1].amax(dim=0)
         return model.options(name)[int(torch.argmin(table))]

@@ -59,34 +59,30 @@ calls `fit(None, data)`; it trains the super-network and runs MCD.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from core.task import Task
+from core.oneshot.base import Searcher
 from core.cost import LatencyTable, count_macs, count_params
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, to_device
+from core.engine.progress import progress_enabled
 from core.engine.registry import STRATEGIES
 from core.engine.runs import resume_epoch_state, save_epoch_state
-from core.evaluation.supernet import recalibrate_bn
+from core.supernet.bn import recalibrate_bn
 from core.objective import Objective
 from core.api import Arch, SearchSpace
 
 CHECKPOINT_FORMAT = "archforge-netadapt-supernet-1"
 RESOURCES = {"macs": "macs", "params": "params", "latency_ms": "latency_ms", "latency": "latency_ms"}
-
-
-def _progress(progress: bool) -> bool:
-    return progress and not os.environ.get("ARCHFORGE_NO_PROGRESS")
 
 
 def _num_classes_kwargs(data: DataSplits | None) -> dict[str, int]:
@@ -102,9 +98,9 @@ class OrderedDropoutTrainer:
     from the last completed one (widths and shuffling are seeded per epoch).
     """
 
-    def __init__(self, space: SearchSpace, data: DataSplits, epochs: int = 5, batch_size: int = 32,
+    def __init__(self, space: SearchSpace, data: DataSplits, task: Task, epochs: int = 5, batch_size: int = 32,
                  lr: float = 0.2, momentum: float = 0.9, weight_decay: float = 4e-5,
-                 label_smoothing: float = 0.0, grad_clip: float | None = 5.0, per_image: bool = True,
+                 grad_clip: float | None = 5.0, per_image: bool = True,
                  steps_per_epoch: int | None = None, seed: int = 0, checkpoint: str | None = None,
                  progress: bool = False, device: str = "cpu"):
         if epochs < 0:
@@ -112,10 +108,10 @@ class OrderedDropoutTrainer:
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ValueError(f"strategy.train.steps_per_epoch: expected an integer >= 1 or null, "
                              f"got {steps_per_epoch!r}")
-        self.space, self.data = space, data
+        self.space, self.data, self.task = space, data, task
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.momentum, self.weight_decay = momentum, weight_decay
-        self.label_smoothing, self.grad_clip, self.per_image = label_smoothing, grad_clip, per_image
+        self.grad_clip, self.per_image = grad_clip, per_image
         self.steps_per_epoch, self.seed = steps_per_epoch, seed
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.progress, self.device = progress, torch.device(device)
@@ -141,7 +137,7 @@ class OrderedDropoutTrainer:
                                             self.epochs, state_dict=supernet, optimizer=optimizer, scheduler=scheduler)
         self.history = history or self.history
         bar = tqdm(total=self.epochs * steps, initial=start * steps, desc="NetAdaptV2 super-network", unit="step",
-                   disable=not _progress(self.progress), dynamic_ncols=True)
+                   disable=not progress_enabled(self.progress), dynamic_ncols=True)
         for epoch in range(start, self.epochs):
             self.history.append(self._epoch(supernet, optimizer, scheduler, epoch, steps, bar))
             if self.checkpoint:
@@ -154,28 +150,28 @@ class OrderedDropoutTrainer:
     def _epoch(self, supernet, optimizer, scheduler, epoch, steps, bar) -> dict[str, float]:
         seed = self.seed * 1_000_003 + epoch
         generator = torch.Generator().manual_seed(seed)
-        loader = DataLoader(self.data.train, batch_size=self.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed + 1))
+        loader = self.task.loader(self.data.train, self.batch_size, shuffle=True, seed=seed + 1)
         supernet.train()
-        started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-        for step, (x, y) in enumerate(loader):
+        started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0.0, 0
+        for step, batch in enumerate(loader):
             if step >= steps:
                 break
-            x, y = x.to(self.device), y.to(self.device)
-            supernet.sample(len(y), generator, self.per_image, self.device)
-            logits = supernet(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"NetAdaptV2 super-network loss is {loss.item()} at epoch {epoch} step {step}")
+            batch = to_device(batch, self.device)
+            n = len(batch[0])
+            supernet.sample(n, generator, self.per_image, self.device)
+            loss, logs = self.task.loss(supernet, batch)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"NetAdaptV2 super-network loss is {value} at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(supernet.parameters(), self.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            loss_sum += value * n
+            correct += float(logs.get("correct", 0.0))
+            seen += n
             bar.update(1)
         n = max(seen, 1)
         return {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
@@ -183,10 +179,9 @@ class OrderedDropoutTrainer:
 
 
 @STRATEGIES.register("netadapt")
-class NetAdaptV2Searcher:
+class NetAdaptV2Searcher(Searcher):
     """NetAdaptV2 (see the module docstring). `fit(module, data) -> Arch`; `run(supernet, data) -> Arch`."""
 
-    gradient_based = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None,
                  resource: str = "macs", budget: float | None = None, budget_ratio: float | None = None,
@@ -195,7 +190,8 @@ class NetAdaptV2Searcher:
                  train: dict | None = None, bn_batches: int = 4, bn_batch_size: int = 64,
                  eval_batch_size: int = 256, latency_table: str | None = None, latency_threads: int = 1,
                  latency_repeats: int = 20, checkpoint: str | None = None, progress: bool = False,
-                 device: str = "cpu"):
+                 device: str = "cpu", task: Task | None = None):
+        self.task = task
         if resource not in RESOURCES:
             raise ValueError(f"strategy.resource: expected one of {sorted(RESOURCES)}, got {resource!r}")
         if budget is not None and budget <= 0:
@@ -296,19 +292,19 @@ class NetAdaptV2Searcher:
     def _prepare(self, data: DataSplits) -> None:
         self._data = data
         self._num_classes = {"num_classes": data.num_classes}
-        g = torch.Generator().manual_seed(self.seed)
-        loader = DataLoader(data.train, batch_size=self.bn_batch_size, shuffle=True, generator=g)
+        loader = self.task.loader(data.train, self.bn_batch_size, shuffle=True, seed=self.seed)
         self._bn_data = []
         for x, *_ in loader:
             if len(self._bn_data) == self.bn_batches:
                 break
             self._bn_data.append(x.to(self.device))
-        self._val_data = [(x.to(self.device), y.to(self.device))
-                          for x, y in DataLoader(data.val, batch_size=self.eval_batch_size, shuffle=False)]
+        self._val_data = [to_device(batch, self.device)
+                          for batch in self.task.loader(data.val, self.eval_batch_size)]
 
     @torch.no_grad()
     def evaluate(self, arch: Mapping[str, Any], supernet: nn.Module | None = None) -> float:
-        """Top-1 accuracy on `data.val` of `arch` with the super-network's weights, BN re-estimated.
+        """The task's primary metric (top-1 accuracy for classification, the paper's) on `data.val` of `arch`
+        with the super-network's weights, BN re-estimated; negated when lower is better, so larger is better.
 
         The super-network's buffers are restored afterwards, so scores do not
         depend on the order of evaluation.
@@ -325,16 +321,13 @@ class NetAdaptV2Searcher:
             if self._bn_data:
                 recalibrate_bn(model, [(x,) for x in self._bn_data])
             model.eval()
-            correct = total = 0
-            for x, y in self._val_data:
-                correct += int((model(x).argmax(1) == y).sum())
-                total += len(y)
+            score = float(self.task.score(model, self._val_data)[self.task.primary_metric])
         finally:
             with torch.no_grad():
                 for name, value in model.named_buffers():
                     value.copy_(snapshot[name])
             model.activate(None)
-        accuracy = correct / max(total, 1)
+        accuracy = score if self.task.higher_is_better else -score
         if supernet is None:
             self._accuracy_cache[arch] = accuracy
         return accuracy
@@ -392,7 +385,7 @@ class NetAdaptV2Searcher:
         self.history = [{"iteration": 0, "target": largest, "resource": largest, "accuracy": accuracy,
                          "candidates": 1, "layers": [], "arch": arch.to_dict()}]
         bar = tqdm(desc=f"NetAdaptV2 MCD ({self.resource_name} -> {budget:.4g})", unit="iter",
-                   disable=not _progress(self.progress), dynamic_ncols=True)
+                   disable=not progress_enabled(self.progress), dynamic_ncols=True)
         reached = largest <= budget
         for t in range(self.max_iterations):
             if reached:
@@ -431,16 +424,14 @@ class NetAdaptV2Searcher:
         """Ordered-dropout training (`epochs`, with `train` keyword arguments for OrderedDropoutTrainer)."""
         kwargs = {"seed": self.seed, "checkpoint": self.checkpoint, "progress": self.progress,
                   "device": str(self.device), **self.train_kwargs}
-        trainer = OrderedDropoutTrainer(self.space, data, epochs=self.epochs, **kwargs)
+        trainer = OrderedDropoutTrainer(self.space, data, self.task, epochs=self.epochs, **kwargs)
         model = trainer.fit(supernet)
         self.training = trainer.history
         return model
 
-    def fit(self, module: nn.Module | None, data: DataSplits,
-            loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None) -> Arch:
+    def fit(self, module: nn.Module | None, data: DataSplits) -> Arch:
         """Train the super-network (`module`, or `space.supernet()` when None) with ordered dropout, then MCD."""
-        if loss_fn is not None:
-            raise ValueError("NetAdaptV2Searcher scores candidates by top-1 accuracy; "
-                             "a custom loss_fn is not supported")
+        if self.task is None:
+            raise ValueError("NetAdaptV2 needs a task (its loss and score): NetAdaptV2Searcher(..., task=...)")
         self.supernet = self.train_supernet(data, module)
         return self.run(self.supernet, data)

@@ -34,15 +34,18 @@ Multi-fidelity evaluation. The hierarchical search runs through
 `EcoNAS.run(evaluator, budget_epochs)`, which drives a `MultiFidelityEvaluator`:
 anything with `evaluate_at(arch, epochs) -> Result` giving the result after
 `epochs` epochs of the full schedule (the tabular benchmark answers from its
-per-epoch table; a `TrainEvaluator` is wrapped in `SegmentedTraining`, which
-keeps each network's model, optimizer, scheduler and data order in memory
-and resumes them, so segment k continues segment k-1 of one cosine schedule).
+per-epoch table; the train evaluator keeps each network's model, optimizer,
+scheduler and data order in memory and resumes them, so segment k continues
+segment k-1 of one cosine schedule).
 The cost is counted in training epochs: a segment costs its length in
 epochs, whatever the backend, and `budget_epochs` stops the search before
 the training that would exceed it.
 
-The plain ask/tell interface (the `archforge search` loop, one fixed
-fidelity) runs the single-proxy variant of the official code,
+`archforge search` runs the hierarchical search through the searcher
+protocol (`search(context)`: the configured evaluator, `search.budget` in
+training epochs, every segment evaluation journaled). The plain ask/tell
+interface (one fixed fidelity, for programmatic use) runs the single-proxy
+variant of the official code,
 `search/main_single.py`: 16 random archs, then rounds of 16 children whose
 mothers are tournament winners of the one pool, with the same aging.
 
@@ -55,7 +58,7 @@ clearly (numbers in docs/strategies.md).
 
 Deviations: the official `train.py` keeps only the weights between segments
 (a fresh SGD optimizer whose learning rate follows the cosine schedule);
-`SegmentedTraining` keeps the optimizer's momentum too. Networks that fail
+the train evaluator keeps the optimizer's momentum too. Networks that fail
 (NaN loss, error) leave the pools at once.
 """
 
@@ -71,6 +74,7 @@ from core.engine.registry import STRATEGIES, ConfigError
 from core.evaluation.result import Result
 from core.objective import Objective
 from core.api import Arch, SearchSpace
+from core.oneshot.base import SearchContext, Searcher
 from core.strategies.base import Strategy
 
 
@@ -81,123 +85,12 @@ class MultiFidelityEvaluator(Protocol):
     def evaluate_at(self, arch: Arch, epochs: int) -> Result: ...
 
 
-# ---------------------------------------------------------------------------------------------
-# TrainEvaluator as a multi-fidelity backend
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class _Run:
-    model: Any
-    optimizer: Any
-    scheduler: Any
-    loader: Any
-    epochs_done: int = 0
-    metrics: dict = field(default_factory=dict)
-
-
-class SegmentedTraining:
-    """Resumable proxy training with a `TrainEvaluator`'s recipe: `evaluate_at(arch, epochs)`.
-
-    The first call for an arch builds its network (with the evaluator's
-    channel divisor) and its optimizer and cosine schedule over the
-    evaluator's full `epochs`; each call trains on from where the last call
-    stopped up to `epochs` and scores the validation split. The data order
-    continues from one generator, so segments 1..S reproduce one continuous
-    run. `release(arch)` frees a network that will not be trained again.
-    """
-
-    def __init__(self, evaluator: Any):
-        from core.evaluation.train import TrainEvaluator
-
-        if not isinstance(evaluator, TrainEvaluator):
-            raise TypeError(f"SegmentedTraining wraps a TrainEvaluator, got {type(evaluator).__name__}")
-        self.evaluator = evaluator
-        self.max_epochs = int(evaluator.epochs)
-        self._runs: dict[Arch, _Run] = {}
-
-    def config(self) -> dict[str, Any]:
-        return {**self.evaluator.config(), "segmented": True}
-
-    def _cost_metrics(self, arch: Arch) -> dict[str, float]:
-        ev = self.evaluator
-        if hasattr(ev, "costs"):
-            return dict(ev.costs(arch))
-        return dict(ev.cost_metrics(arch))
-
-    def _start(self, arch: Arch) -> _Run:
-        import torch
-        from torch.utils.data import DataLoader
-
-        ev = self.evaluator
-        torch.manual_seed(ev.seed)
-        model = ev.space.build(arch, num_classes=ev.data.num_classes, channel_divisor=ev.channel_divisor)
-        g = torch.Generator().manual_seed(ev.seed)
-        loader = DataLoader(ev._train, batch_size=ev.batch_size, shuffle=True, generator=g)
-        opt = torch.optim.SGD(model.parameters(), lr=ev.lr, momentum=ev.momentum, weight_decay=ev.weight_decay,
-                              nesterov=ev.momentum > 0)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, self.max_epochs * len(loader)))
-        return _Run(model, opt, sched, loader, 0, self._cost_metrics(arch))
-
-    def evaluate_at(self, arch: Arch, epochs: int) -> Result:
-        import torch
-        import torch.nn.functional as F
-        from torch import nn
-        from torch.utils.data import DataLoader
-
-        from core.evaluation.train import NaNLoss, classification_loss, evaluate_classifier
-
-        ev = self.evaluator
-        start = time.perf_counter()
-        arch = ev.space.check(arch)
-        if not 1 <= epochs <= self.max_epochs:
-            raise ValueError(f"epochs must be in [1, {self.max_epochs}] (the evaluator's schedule), got {epochs}")
-        run = self._runs.get(arch)
-        if run is None or run.epochs_done > epochs:
-            run = self._runs[arch] = self._start(arch)
-        previous_threads = torch.get_num_threads()
-        if ev.threads:
-            torch.set_num_threads(ev.threads)
-        try:
-            resize = ev._resize()
-            run.model.train()
-            for epoch in range(run.epochs_done, epochs):
-                for step, (x, y) in enumerate(run.loader):
-                    if resize:
-                        x = F.interpolate(x, size=resize, mode="bilinear", align_corners=False)
-                    loss = classification_loss(run.model(x), y)
-                    if not math.isfinite(loss.item()):
-                        raise NaNLoss(f"loss is {loss.item()} at epoch {epoch} step {step}")
-                    run.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(run.model.parameters(), 5.0)
-                    run.optimizer.step()
-                    run.scheduler.step()
-                run.epochs_done = epoch + 1
-            scores = evaluate_classifier(run.model, DataLoader(ev.data.val, batch_size=256), resize)
-        except NaNLoss as err:
-            self._runs.pop(arch, None)
-            return Result.failed(str(err), time.perf_counter() - start, **run.metrics)
-        finally:
-            torch.set_num_threads(previous_threads)
-        metrics = dict(run.metrics, accuracy=scores["accuracy"], top5=scores["top5"], val_loss=scores["loss"],
-                       epochs=float(epochs))
-        if epochs >= self.max_epochs:
-            self.release(arch)
-        return Result(metrics=metrics, cost=time.perf_counter() - start)
-
-    def release(self, arch: Arch) -> None:
-        self._runs.pop(arch, None)
-
-
-def as_multi_fidelity(evaluator: Any) -> Any:
-    """`evaluator` itself when it has `evaluate_at`, a `SegmentedTraining` around a TrainEvaluator, else an error."""
+def as_multi_fidelity(evaluator: Any) -> MultiFidelityEvaluator:
+    """`evaluator` when it can evaluate at a chosen number of epochs, else a one-line error."""
     if isinstance(evaluator, MultiFidelityEvaluator):
         return evaluator
-    from core.evaluation.train import TrainEvaluator
-
-    if isinstance(evaluator, TrainEvaluator):
-        return SegmentedTraining(evaluator)
-    raise TypeError(f"{type(evaluator).__name__} cannot evaluate at a chosen number of epochs; EcoNAS.run needs "
-                    "evaluate_at(arch, epochs) (the tabular evaluator, or a TrainEvaluator)")
+    raise TypeError(f"{type(evaluator).__name__} cannot evaluate at a chosen number of epochs; EcoNAS needs "
+                    "evaluate_at(arch, epochs) (the train or tabular evaluator)")
 
 
 def schedule_epochs(evaluator: Any) -> int | None:
@@ -246,7 +139,7 @@ class BudgetExhausted(Exception):
 
 
 @STRATEGIES.register("econas")
-class EcoNAS(Strategy):
+class EcoNAS(Strategy, Searcher):
     """EcoNAS hierarchical proxy (Zhou et al., CVPR 2020, Sec. 4); see the module docstring.
 
     Config keys (paper values in brackets): `population_size` (16),
@@ -257,8 +150,6 @@ class EcoNAS(Strategy):
     `max_age` (10 iterations), `budget_epochs` (null: no limit; the training
     epochs `run` may spend).
     """
-
-    multi_fidelity = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None,
                  population_size: int = 16, iterations: int = 100, segments: int = 3,
@@ -325,6 +216,26 @@ class EcoNAS(Strategy):
         self._pool.append((arch, self.fitness(result), born))
 
     # -- the hierarchical search ---------------------------------------------------------------------
+    def search(self, context: SearchContext) -> Arch:
+        """The searcher protocol: the hierarchical search with the configured evaluator; `context.budget`
+        counts training epochs; every segment evaluation is journaled with its cumulative `epochs`."""
+        def record(arch: Arch, epochs: int, result: Result) -> None:
+            result.metrics.setdefault("epochs", float(epochs))
+            if context.record:
+                context.record(arch, result)
+
+        self.summary = self.run(context.make_evaluator(), budget_epochs=context.budget, on_result=record)
+        if self.summary.best_arch is None:
+            raise RuntimeError("EcoNAS found no network that trained without failing; see journal.sqlite")
+        return self.summary.best_arch
+
+    def report(self) -> dict[str, Any]:
+        s = getattr(self, "summary", None)
+        if s is None:
+            return {}
+        return {"best_metrics": s.best_result.metrics if s.best_result else None, "epochs_used": s.epochs_used,
+                "segment_evaluations": s.segment_evaluations, "iterations": s.iterations}
+
     def run(self, evaluator: Any, budget_epochs: int | None = None,
             on_result: Callable[[Arch, int, Result], None] | None = None) -> EcoNASSummary:
         """Run the hierarchical proxy search against a multi-fidelity evaluator (see the module docstring)."""

@@ -32,20 +32,19 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from core.engine.data import DataSplits
+from core.engine.progress import progress_enabled
+from core.engine.data import DataSplits, to_device
+from core.task import Task
 from core.engine.runs import load_checkpoint, save_checkpoint
 from core.api import Arch, SearchSpace, activate
 
@@ -66,47 +65,35 @@ def supernet_path(space: SearchSpace, arch: Mapping[str, Any]) -> Mapping[str, A
     return mapper(arch) if callable(mapper) else arch
 
 
-def smoothed_cross_entropy(output: Any, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy with label smoothing; an auxiliary head's logits weigh 0.4 (DARTS code)."""
-    if isinstance(output, tuple):
-        logits, aux = output
-        return (F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-                + 0.4 * F.cross_entropy(aux, target, label_smoothing=label_smoothing))
-    return F.cross_entropy(output, target, label_smoothing=label_smoothing)
-
-
-def _progress_enabled(progress: bool) -> bool:
-    return progress and not os.environ.get("ARCHFORGE_NO_PROGRESS")
-
-
 class SPOSTrainer:
     """Train a supernet with one uniformly sampled path per step; `fit()` returns the supernet.
 
-    `history` holds one row per epoch: mean training loss and accuracy (of
-    the sampled paths), learning rate at the epoch's end and seconds.
+    The loss is the task's (`Task.loss`; the classification task's label
+    smoothing, 0.1 in SPOS, is its `label_smoothing` option). `history` holds
+    one row per epoch: the mean training loss of the sampled paths, the mean
+    of each numeric value the task's loss logs (classification: `accuracy`
+    from `correct` and `n`), the learning rate at the epoch's end and seconds.
     """
 
-    def __init__(self, space: SearchSpace, data: DataSplits, epochs: int = 10, batch_size: int = 64,
+    def __init__(self, space: SearchSpace, data: DataSplits, task: Task, epochs: int = 10, batch_size: int = 64,
                  lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 4e-5, nesterov: bool = False,
-                 schedule: str = "linear", label_smoothing: float = 0.1, grad_clip: float | None = 5.0,
+                 schedule: str = "linear", grad_clip: float | None = 5.0,
                  steps_per_epoch: int | None = None, supernet_kwargs: dict | None = None, seed: int = 0,
-                 checkpoint: str | None = None, resume: bool = True, progress: bool = False, device: str = "cpu",
-                 loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None):
+                 checkpoint: str | None = None, resume: bool = True, progress: bool = False, device: str = "cpu"):
         if epochs < 0:
             raise ValueError(f"spos.epochs: expected an integer >= 0, got {epochs!r}")
         if schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"spos.schedule: expected 'linear', 'cosine' or 'constant', got {schedule!r}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ValueError(f"spos.steps_per_epoch: expected an integer >= 1 or null, got {steps_per_epoch!r}")
-        self.space, self.data = space, data
+        self.space, self.data, self.task = space, data, task
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
-        self.schedule, self.label_smoothing, self.grad_clip = schedule, label_smoothing, grad_clip
+        self.schedule, self.grad_clip = schedule, grad_clip
         self.steps_per_epoch, self.seed = steps_per_epoch, seed
         self.supernet_kwargs = dict(supernet_kwargs or {})
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.resume, self.progress, self.device = resume, progress, torch.device(device)
-        self.loss_fn = loss_fn or (lambda out, y: smoothed_cross_entropy(out, y, self.label_smoothing))
         self.history: list[dict[str, float]] = []
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -157,13 +144,14 @@ class SPOSTrainer:
             torch.manual_seed(self.seed)  # the same initial weights for the same seed
             supernet = self.make_supernet()
         supernet = supernet.to(self.device)
-        optimizer = torch.optim.SGD(supernet.parameters(), lr=self.lr, momentum=self.momentum,
+        self._trainable = self.task.trainable(supernet, self.data)
+        optimizer = torch.optim.SGD(self._trainable.parameters(), lr=self.lr, momentum=self.momentum,
                                     weight_decay=self.weight_decay, nesterov=self.nesterov and self.momentum > 0)
         start_epoch = self._resume(supernet, optimizer)
         steps = self._steps()
         total = steps * self.epochs
         bar = tqdm(total=total, initial=start_epoch * steps, desc="supernet (SPOS)", unit="step",
-                   disable=not _progress_enabled(self.progress), dynamic_ncols=True)
+                   disable=not progress_enabled(self.progress), dynamic_ncols=True)
         for epoch in range(start_epoch, self.epochs):
             self.history.append(self._epoch(supernet, optimizer, epoch, steps, total, bar))
             if self.checkpoint:
@@ -177,42 +165,47 @@ class SPOSTrainer:
         epoch_seed = self.seed * 1_000_003 + epoch
         rng = random.Random(epoch_seed)
         torch.manual_seed(epoch_seed)
-        loader = DataLoader(self.data.train, batch_size=self.batch_size, shuffle=True, drop_last=False,
-                            generator=torch.Generator().manual_seed(epoch_seed))
-        supernet.train()
-        started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        for step, (x, y) in enumerate(loader):
+        loader = self.task.loader(self.data.train, self.batch_size, shuffle=True, seed=epoch_seed)
+        trainable = self._trainable
+        trainable.train()
+        started, seen, loss_sum, logged, step = time.perf_counter(), 0, 0.0, {}, -1
+        for step, batch in enumerate(loader):
             if step >= steps:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = self.lr * self._lr_factor(epoch * steps + step, total)
             activate(supernet, supernet_path(self.space, self.space.sample(rng)))
-            x, y = x.to(self.device), y.to(self.device)
-            output = supernet(x)
-            loss = self.loss_fn(output, y)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"SPOS supernet loss is {loss.item()} at epoch {epoch} step {step}")
+            batch = to_device(batch, self.device)
+            loss, logs = self.task.loss(trainable, batch)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"SPOS supernet loss is {value} at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip:
-                nn.utils.clip_grad_norm_(supernet.parameters(), self.grad_clip)
+                nn.utils.clip_grad_norm_(trainable.parameters(), self.grad_clip)
             optimizer.step()
-            logits = output[0] if isinstance(output, tuple) else output
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            n = int(logs.get("n", 1))
+            loss_sum += value * n
+            seen += n
+            for key, v in logs.items():
+                if key != "n":
+                    logged[key] = logged.get(key, 0.0) + float(v)
             bar.update(1)
-        return {"epoch": float(epoch), "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
-                "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - started}
+        row = {"epoch": float(epoch), "loss": loss_sum / max(seen, 1)}
+        if "correct" in logged:
+            row["accuracy"] = logged.pop("correct") / max(seen, 1)
+        row.update({k: v / max(step + 1, 1) for k, v in logged.items()})
+        return {**row, "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - started}
 
 
-def train_supernet(space: SearchSpace, data: DataSplits, epochs: int = 10, **kwargs: Any) -> nn.Module:
+def train_supernet(space: SearchSpace, data: DataSplits, task: Task, epochs: int = 10, **kwargs: Any) -> nn.Module:
     """Train `space.supernet()` on `data.train` by SPOS (see `SPOSTrainer` for the keyword arguments).
 
     The returned supernet carries the per-epoch log as `supernet.spos_history`.
     """
     supernet_module = kwargs.pop("supernet", None)
-    trainer = SPOSTrainer(space, data, epochs=epochs, **kwargs)
+    trainer = SPOSTrainer(space, data, task, epochs=epochs, **kwargs)
     supernet = trainer.fit(supernet_module)
     supernet.spos_history = trainer.history
     return supernet
@@ -238,4 +231,4 @@ def sample_path(space: SearchSpace, rng: random.Random) -> tuple[Arch, Mapping[s
 
 
 __all__ = ["SPOSTrainer", "train_supernet", "load_supernet", "build_supernet", "supernet_path", "sample_path",
-           "smoothed_cross_entropy", "CHECKPOINT_FORMAT"]
+           "CHECKPOINT_FORMAT"]

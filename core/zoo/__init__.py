@@ -5,5 +5,5 @@ from core.zoo.mobile import MobileSpace  # noqa: F401
 from core.zoo.dna import DNASpace  # noqa: F401
 from core.zoo.netadapt import NetAdaptSpace  # noqa: F401
 from core.zoo.cell201 import Cell201Space  # noqa: F401
-from core.zoo.compression import CompressionSpace  # noqa: F401  (also registers the compression evaluator)
+from core.zoo.compression import CompressionSpace  # noqa: F401
 from core.zoo.nsc import NSCSpace  # noqa: F401

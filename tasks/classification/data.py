@@ -7,48 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset
 
 from core.engine.data import DataSplits
+from core.data.digits import digits, stratified_split
 from core.engine.registry import DATASETS
 
 
-def _split_indices(labels: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
-    """Stratified split of indices into len(fractions)+1 parts (the last takes the rest)."""
-    rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        start = 0
-        for i, frac in enumerate(fractions):
-            n = int(round(len(idx) * frac))
-            parts[i].extend(idx[start:start + n])
-            start += n
-        parts[-1].extend(idx[start:])
-    return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
-
-
-@DATASETS.register("digits")
-def digits(val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0) -> DataSplits:
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes); nothing downloads.
-
-    Pixels 0..16 are scaled to [0, 1] and standardised with the training mean/std.
-    """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = bunch.images.astype(np.float32) / 16.0
-    labels = bunch.target.astype(np.int64)
-    val_idx, test_idx, train_idx = _split_indices(labels, (val_fraction, test_fraction), seed)
-    mean, std = images[train_idx].mean(), images[train_idx].std()
-    x = torch.from_numpy((images - mean) / std).unsqueeze(1)
-    y = torch.from_numpy(labels)
-
-    def part(idx: np.ndarray) -> TensorDataset:
-        return TensorDataset(x[idx], y[idx])
-
-    return DataSplits("digits", part(train_idx), part(val_idx), part(test_idx), 10, (1, 8, 8),
-                      [str(i) for i in range(10)])
+DATASETS.register("digits", digits)
 
 
 def _require_dir(path: Path, key: str) -> Path:
@@ -68,7 +34,7 @@ def _image_transforms(image_size: int, train: bool, mean, std):
 
 def _holdout(dataset: Dataset, eval_dataset: Dataset, targets: list[int], fraction: float, seed: int):
     """Split a folder that has no validation set: train part keeps augmentation, val part does not."""
-    held, kept = _split_indices(np.asarray(targets), (fraction,), seed)
+    held, kept = stratified_split(np.asarray(targets), (fraction,), seed)
     return Subset(dataset, kept.tolist()), Subset(eval_dataset, held.tolist())
 
 
@@ -93,8 +59,8 @@ def imagefolder(root: str, train_dir: str = "train", val_dir: str | None = "val"
         train, val = _holdout(train_full, ImageFolder(train_path, transform=eval_tf), train_full.targets,
                               val_fraction, seed)
     test = ImageFolder(_require_dir(base / test_dir, "data.test_dir"), transform=eval_tf) if test_dir else val
-    return DataSplits(f"imagefolder:{base}", train, val, test, len(train_full.classes),
-                      (3, image_size, image_size), list(train_full.classes))
+    return DataSplits(f"imagefolder:{base}", train, val, test, (3, image_size, image_size),
+                      num_classes=len(train_full.classes), class_names=list(train_full.classes))
 
 
 class _ArrayImages(Dataset):
@@ -160,8 +126,8 @@ def cifar(root: str, variant: str = "cifar10", val_fraction: float = 0.1, seed: 
     xtr, ytr, xte, yte, names = read_cifar(folder, variant)
     mean = (xtr / 255.0).mean(axis=(0, 1, 2)).tolist()
     std = (xtr / 255.0).std(axis=(0, 1, 2)).tolist()
-    val_idx, train_idx = _split_indices(ytr, (val_fraction,), seed)
+    val_idx, train_idx = stratified_split(ytr, (val_fraction,), seed)
     train = _ArrayImages(xtr[train_idx], ytr[train_idx], mean, std, augment=True)
     val = _ArrayImages(xtr[val_idx], ytr[val_idx], mean, std, augment=False)
     test = _ArrayImages(xte, yte, mean, std, augment=False)
-    return DataSplits(variant, train, val, test, len(names), (3, 32, 32), names)
+    return DataSplits(variant, train, val, test, (3, 32, 32), num_classes=len(names), class_names=names)

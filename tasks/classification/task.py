@@ -1,21 +1,33 @@
-"""The classification task: top-1/top-5 on any dataset component, trained with Lightning."""
+"""The classification task: cross-entropy training, top-1/top-5 scores, on any dataset component."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
+from core.api import Arch, SearchSpace
 from core.engine.data import DataSplits
 from core.engine.lightning import SupervisedModule, make_trainer
 from core.engine.registry import TASKS, ConfigError
 from core.task import Task
-from core.evaluation.train import classification_loss, evaluate_classifier, topk_correct
-from core.api import Arch, SearchSpace
 from tasks.classification.baselines import BASELINES, BUDGET_BASELINES
+from tasks.classification.metrics import classification_loss, evaluate_classifier, topk_correct
+
+
+@dataclass
+class ClassificationOptions:
+    """The `classification:` config section."""
+
+    label_smoothing: float = 0.0   # applies to every training of the task: proxies, supernets, the final model
+
+    def __post_init__(self):
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"classification.label_smoothing: expected a value in [0, 1), got {self.label_smoothing!r}")
 
 
 def batch_metrics(output: Any, target: torch.Tensor) -> dict[str, float]:
@@ -27,9 +39,16 @@ def batch_metrics(output: Any, target: torch.Tensor) -> dict[str, float]:
 @TASKS.register("classification")
 class ClassificationTask(Task):
     name = "classification"
+    primary_metric = "accuracy"
+    metrics = ("accuracy", "top5", "loss")
     table_metrics = ("accuracy", "top5")
+    Options = ClassificationOptions
 
-    def space_overrides(self, data: DataSplits) -> dict[str, Any]:
+    @property
+    def label_smoothing(self) -> float:
+        return self.options.label_smoothing
+
+    def build_context(self, data: DataSplits) -> dict[str, Any]:
         return {"in_channels": data.input_shape[0], "num_classes": data.num_classes}
 
     def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
@@ -46,18 +65,26 @@ class ClassificationTask(Task):
             raise ConfigError(f"retrain.baselines: unknown baseline {name!r}; known: {', '.join(known)}")
         return BASELINES[name](space)
 
-    def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
-        g = torch.Generator().manual_seed(self.cfg["seed"])
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None,
-                          num_workers=self.cfg["train"]["num_workers"])
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        x, y = batch
+        output = model(x)
+        loss = classification_loss(output, y, self.label_smoothing)
+        logits = output[0] if isinstance(output, tuple) else output
+        return loss, {"correct": (logits.detach().argmax(1) == y).sum(), "n": len(y)}
+
+    def score(self, model: nn.Module, loader: Iterable) -> dict[str, float]:
+        return evaluate_classifier(model, loader)
 
     def train(self, model: nn.Module, data: DataSplits, run_dir: Path, progress: bool = True) -> dict[str, float]:
         cfg = self.cfg["train"]
-        module = SupervisedModule(model, classification_loss, batch_metrics, cfg)
+        module = SupervisedModule(model, lambda out, y: classification_loss(out, y, self.label_smoothing),
+                                  batch_metrics, cfg)
         trainer = make_trainer(cfg, run_dir, progress=progress)
-        trainer.fit(module, self._loader(data.train, True, cfg["batch_size"]),
-                    self._loader(data.val, False, self.cfg["test"]["batch_size"]))
+        trainer.fit(module, self.loader(data.train, cfg["batch_size"], shuffle=True, seed=self.cfg["seed"],
+                                        num_workers=cfg["num_workers"]),
+                    self.loader(data.val, self.cfg["test"]["batch_size"], num_workers=cfg["num_workers"]))
         return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     def test(self, model: nn.Module, data: DataSplits, run_dir: Path | None = None) -> dict[str, float]:
-        return evaluate_classifier(model, self._loader(data.test, False, self.cfg["test"]["batch_size"]))
+        return self.score(model, self.loader(data.test, self.cfg["test"]["batch_size"],
+                                             num_workers=self.cfg["train"]["num_workers"]))

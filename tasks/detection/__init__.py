@@ -13,8 +13,8 @@ from tasks.detection.space import HitDetectorSpace, hit_detector_arch
 @MODELS.register("hit_detector")
 def hit_detector(num_classes: int = 80, **space_kwargs):
     """The released Hit-Detector (Faster R-CNN, 27,123,916 parameters at 80 classes + background)."""
-    space = HitDetectorSpace(num_classes=num_classes, **space_kwargs)
-    return space.build(hit_detector_arch())
+    detector_space = HitDetectorSpace(num_classes=num_classes, **space_kwargs)
+    return detector_space.build(hit_detector_arch())
 
 
 __all__ = ["HitDetectorSpace", "hit_detector", "hit_detector_arch"]

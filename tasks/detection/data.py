@@ -119,8 +119,8 @@ def collate(batch):
 
 def _splits(name: str, train: CocoDetection, val: CocoDetection, test: CocoDetection,
             nominal_size: int) -> DataSplits:
-    return DataSplits(name, train, val, test, len(train.category_ids), (3, nominal_size, nominal_size),
-                      list(train.class_names))
+    return DataSplits(name, train, val, test, (3, nominal_size, nominal_size), num_classes=len(train.category_ids),
+                      class_names=list(train.class_names))
 
 
 @DATASETS.register("coco")

@@ -49,6 +49,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from core.task import Task
+from core.oneshot.base import Searcher
 from core.cost import count_macs
 from core.engine.data import DataSplits, cycle, split_indices
 from core.engine.registry import STRATEGIES, ConfigError
@@ -60,7 +62,7 @@ from core.api import (
     choice_modules,
     set_mixture,
 )
-from core.supernet.spos import _progress_enabled
+from core.engine.progress import progress_enabled
 from tasks.detection.data import collate
 from tasks.detection.space import COMPONENTS, HitDetectorSpace
 from tasks.detection.task import detection_loss
@@ -110,10 +112,9 @@ def candidate_costs(model: nn.Module, image_size: int, proposals: int | None = N
 
 
 @STRATEGIES.register("hitdet")
-class HitDetSearcher:
+class HitDetSearcher(Searcher):
     """End-to-end search of a `HitDetectorSpace` (see the module docstring). `fit(None, data) -> Arch`."""
 
-    gradient_based = True
 
     def __init__(self, space: HitDetectorSpace, seed: int = 0, objective: Objective | None = None, epochs: int = 12,
                  batch_size: int = 8, steps_per_epoch: int | None = None, train_portion: float = 0.5,
@@ -121,7 +122,8 @@ class HitDetSearcher:
                  arch_lr: float = 4e-4, arch_betas: tuple[float, float] = (0.5, 0.999), arch_weight_decay: float = 0.0,
                  arch_start_epoch: int | None = None, flops_lambda: float = 0.01, cost_normalize: bool = True,
                  screening: dict | None = None, checkpoint: str | None = None, progress: bool = False,
-                 device: str = "cpu"):
+                 device: str = "cpu", task: Task | None = None):
+        self.task = task
         if not isinstance(space, HitDetectorSpace):
             raise ConfigError(f"strategy: hitdet searches a hitdet space, got {type(space).__name__}")
         if not 0 < train_portion < 1:
@@ -210,7 +212,7 @@ class HitDetSearcher:
             state_dict=model, w_opt=w_opt, a_opt=a_opt, scheduler=scheduler)
         self.history = history or self.history
         bar = tqdm(total=self.epochs * steps, initial=start_epoch * steps, desc="Hit-Detector search", unit="step",
-                   disable=not _progress_enabled(self.progress), dynamic_ncols=True)
+                   disable=not progress_enabled(self.progress), dynamic_ncols=True)
         for epoch in range(start_epoch, self.epochs):
             row = self._epoch(model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, scheduler,
                               bar)
@@ -239,7 +241,7 @@ class HitDetSearcher:
             if reserved in kwargs:
                 raise ConfigError(f"strategy.screening.{reserved}: set by the searcher, not in the config")
         kwargs.setdefault("seed", self.seed)
-        kwargs.setdefault("progress", _progress_enabled(self.progress))
+        kwargs.setdefault("progress", progress_enabled(self.progress))
         result = screen_detector(self.space, data, **kwargs)
         self.screened = result["candidates"]
         self.screening_report = {c: {"kept": d["kept"], "removed": d["removed"], "seconds": d["seconds"]}

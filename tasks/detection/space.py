@@ -145,7 +145,7 @@ class HitDetectorSpace(SearchSpace):
                               self.head_blocks, self.min_size, self.max_size, self.detector_kwargs,
                               self.head_channels, self.init, self.zero_init_residual)
 
-    def build(self, arch: Mapping[str, Any], num_classes: int | None = None, **_: Any) -> nn.Module:
+    def build(self, arch: Mapping[str, Any], num_classes: int | None = None) -> nn.Module:
         arch = self.check(arch)
         return self._detector(lambda name, i, o, s: make_op(arch[name], i, o, s), num_classes)
 

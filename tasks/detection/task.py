@@ -22,7 +22,7 @@ from core.engine.data import DataSplits
 from core.engine.lightning import build_optimizer, make_trainer, with_schedule
 from core.engine.registry import TASKS, ConfigError
 from core.engine.runs import atomic_write_text, write_json
-from core.task import Task
+from core.task import Task, batches_on
 from core.api import Arch, SearchSpace
 from tasks.detection.data import collate
 from tasks.detection.metrics import (
@@ -106,10 +106,13 @@ class DetectionOptions:
 @TASKS.register("detection")
 class DetectionTask(Task):
     name = "detection"
+    primary_metric = "AP"
+    metrics = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     table_metrics = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     Options = DetectionOptions
+    collate = staticmethod(collate)
 
-    def space_overrides(self, data: DataSplits) -> dict[str, Any]:
+    def build_context(self, data: DataSplits) -> dict[str, Any]:
         size = int(data.input_shape[1])
         return {"num_classes": data.num_classes, "min_size": size, "max_size": round(size * 1333 / 800)
                 if size >= 512 else size}
@@ -130,6 +133,31 @@ class DetectionTask(Task):
                     from None
         raise ConfigError(f"retrain.baselines: unknown baseline {name!r}; known: hit_detector")
 
+    # -- the task contract ------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        images, targets = batch
+        loss, parts = detection_loss(model, images, targets)
+        return loss, {"n": len(images)}
+
+    @torch.no_grad()
+    def score(self, model: nn.Module, loader) -> dict[str, float]:
+        """COCO mAP (pycocotools) of the detections on `loader`'s images against its dataset's annotations."""
+        was = model.training
+        model.eval()
+        records = []
+        for images, targets in batches_on(loader, model):
+            for out, target in zip(model(list(images)), targets):
+                for box, label, score in zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()):
+                    x1, y1, x2, y2 = box
+                    records.append({"image_id": int(target["image_id"]),
+                                    "category_id": int(loader.dataset.category_ids[label - 1]),
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+        model.train(was)
+        return coco_map(loader.dataset.coco, records)
+
+    def resize(self, batch: Any, size: int) -> Any:
+        raise ConfigError("evaluator.resolution_divisor: detection candidates train at the data's image size")
+
     def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
         g = torch.Generator().manual_seed(self.cfg["seed"])
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None,
@@ -146,10 +174,10 @@ class DetectionTask(Task):
         return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     def test(self, model: nn.Module, data: DataSplits, run_dir: Path | None = None) -> dict[str, float]:
-        from core.supernet.spos import _progress_enabled
+        from core.engine.progress import progress_enabled
 
         batch = min(self.cfg["test"]["batch_size"], 16)
-        records = predict(model, data.test, batch, progress=_progress_enabled(True))
+        records = predict(model, data.test, batch, progress=progress_enabled(True))
         metrics = coco_map(data.test.coco, records)
         if run_dir is not None:
             run_dir = Path(run_dir)

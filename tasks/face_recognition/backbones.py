@@ -47,7 +47,7 @@ class FaceBackboneSpace(SearchSpace):
         self.input_size, self.in_channels, self.num_classes = input_size, in_channels, num_classes
         super().__init__([Choice("model", (model,))])
 
-    def build(self, arch: Any = None, num_classes: int | None = None, **_: Any) -> nn.Module:
+    def build(self, arch: Any = None) -> nn.Module:
         if arch is not None:
             self.check(arch if isinstance(arch, Arch) else Arch(dict(arch)))
         return build_backbone(self.model, self.embedding_size, self.width, self.input_size, self.in_channels)

@@ -144,8 +144,8 @@ def _splits(name: str, train, root: Path, image_size: int, verification, val_tar
     val = VerificationSet(_bins(root, [val_target], "data.val_target")[0], image_size) if val_target else \
         next(iter(tests.values()))
     num_classes = _num_classes(root, train)
-    return FaceDataSplits(name, train, val, next(iter(tests.values())), num_classes, (3, image_size, image_size),
-                          [], verification=tests)
+    return FaceDataSplits(name, train, val, next(iter(tests.values())), (3, image_size, image_size),
+                          num_classes=num_classes, verification=tests)
 
 
 @DATASETS.register("face_recordio")

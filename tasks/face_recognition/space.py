@@ -303,10 +303,9 @@ class PocketNetSpace(DartsSpace):
     def genotype(self, arch: Mapping[str, Any]) -> Genotype:
         return arch_to_genotype(self.check(arch))
 
-    def build(self, arch: Any, num_classes: int | None = None, channel_divisor: float = 1,
-              **overrides: Any) -> PocketNet:
-        """The embedding network of `arch` (`num_classes` is accepted and ignored: the margin head
-        over identities lives in the training module, not in the exported network)."""
+    def build(self, arch: Any, channel_divisor: float = 1, **overrides: Any) -> PocketNet:
+        """The embedding network of `arch` (the margin head over identities lives in the training module,
+        not in the exported network)."""
         genotype = arch_to_genotype(self.arch_of(arch))
         if channel_divisor <= 0:
             raise ValueError(f"channel_divisor: expected a positive number, got {channel_divisor!r}")

@@ -26,13 +26,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from core.engine.data import DataSplits
 from core.engine.lightning import build_optimizer, make_trainer, with_schedule
 from core.engine.registry import TASKS, ConfigError
-from core.task import Task
+from core.task import Task, batches_on
 from core.api import Arch, SearchSpace
 from tasks.face_recognition.distill import (
     TeacherSchedule,
@@ -41,6 +42,7 @@ from tasks.face_recognition.distill import (
     save_epoch_checkpoint,
 )
 from tasks.face_recognition.heads import HEADS, make_head
+from tasks.face_recognition.space import FaceSearchNetwork
 from tasks.face_recognition.verification import (
     embed,
     evaluate_pairs,
@@ -150,9 +152,23 @@ class EpochCheckpoints(L.Callback):
         save_epoch_checkpoint(self.folder, trainer.current_epoch + 1, module.model)
 
 
+class MarginModel(nn.Module):
+    """An embedding network and the margin head over identities that trains with it (the task's trainable);
+    `forward` gives the embedding."""
+
+    def __init__(self, net: nn.Module, head: nn.Module):
+        super().__init__()
+        self.net, self.head = net, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 @TASKS.register("face_recognition")
 class FaceRecognitionTask(Task):
     name = "face_recognition"
+    primary_metric = "accuracy"
+    metrics = ("accuracy", "threshold")
     table_metrics = ("accuracy",)
     Options = FaceOptions
 
@@ -163,16 +179,44 @@ class FaceRecognitionTask(Task):
         if self.options.teacher is not None and not isinstance(self.options.teacher, dict):
             raise ConfigError(f"face_recognition.teacher: expected a mapping, got {self.options.teacher!r}")
 
-    def space_overrides(self, data: DataSplits) -> dict[str, Any]:
+    def build_context(self, data: DataSplits) -> dict[str, Any]:
         return {"in_channels": data.input_shape[0], "num_classes": data.num_classes,
                 "input_size": data.input_shape[1]}
 
-    def evaluator(self, space: SearchSpace, data: DataSplits):
-        """Sample-based searches would score embeddings as class logits with the suite's `train` evaluator;
-        a face evaluator (margin-loss training + verification) is not implemented, so refuse clearly."""
-        raise ConfigError("strategy.name: face_recognition searches with the one-shot DARTS searcher "
-                          "(strategy: {name: darts, order: 2}); sample-based strategies need a face evaluator, "
-                          "which this task does not provide yet")
+    # -- the task contract ---------------------------------------------------------------------------------
+    def trainable(self, model: nn.Module, data: DataSplits) -> nn.Module:
+        """The embedding network with a fresh margin head over the training identities; the PocketNet search
+        network, which ends in its own softmax classifier (the paper's search), trains as it is."""
+        if isinstance(model, FaceSearchNetwork):
+            return model
+        opts = self.options
+        emb = opts.embedding_size or _embedding_size(model, data.input_shape)
+        return MarginModel(model, make_head(opts.head, emb, data.num_classes, opts.s, opts.m))
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Cross-entropy of the margin logits (ArcFace by default), or of the search network's class logits."""
+        x, y = batch
+        logits = model.head(model.net(x), y) if isinstance(model, MarginModel) else model(x)
+        return F.cross_entropy(logits, y), {"n": len(y)}
+
+    def score(self, model: nn.Module, loader) -> dict[str, float]:
+        """10-fold verification accuracy (and its threshold) on a loader of (image, issame) pair images."""
+        was = model.training
+        model.eval()
+        out, same = [], []
+        with torch.no_grad():
+            for x, issame in batches_on(loader, model):
+                e = model(x)
+                if self.options.flip_test:
+                    e = e + model(torch.flip(x, dims=[3]))
+                out.append(F.normalize(e.float(), dim=1).cpu())
+                same.append(issame.cpu())
+        model.train(was)
+        issame = torch.cat(same).numpy()[0::2].astype(bool)
+        if len(issame) < 10:
+            raise ValueError(f"face verification needs at least 10 pairs to score, got {len(issame)}")
+        row = ten_fold_accuracy(pair_distances(torch.cat(out).numpy()), issame)
+        return {"accuracy": float(row["accuracy"]), "threshold": float(row["threshold"])}
 
     def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
         """A published genotype by name (`PocketNet`) in a PocketNet space."""
@@ -192,7 +236,7 @@ class FaceRecognitionTask(Task):
     def make_teacher(self, data: DataSplits) -> TeacherSchedule | None:
         if not self.options.teacher:
             return None
-        defaults = {k: v for k, v in self.space_overrides(data).items() if k != "num_classes"}
+        defaults = {k: v for k, v in self.build_context(data).items() if k != "num_classes"}
         return build_teacher(self.options.teacher, defaults)
 
     def train(self, model: nn.Module, data: DataSplits, run_dir: Path, progress: bool = True,

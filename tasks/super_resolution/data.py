@@ -214,7 +214,7 @@ def sr_embedded(scale: int = 2, patch_size: int = 24, samples_per_epoch: int = 5
         split[key] = ([p[0] for p in pairs], [p[1] for p in pairs], list(names))
     train = SRImages(*split["train"], scale, patch_size, samples_per_epoch)
     return DataSplits(name=f"skimage-photos-x{scale}", train=train, val=SRImages(*split["val"], scale),
-                      test=_test_with_sets(split["test"], test_sets, scale, "skimage"), num_classes=0,
+                      test=_test_with_sets(split["test"], test_sets, scale, "skimage"),
                       input_shape=(3, patch_size, patch_size))
 
 
@@ -234,7 +234,7 @@ def sr_folders(train: Any, scale: int = 2, val: Any = None, test: Any = None, te
     val_ds = SRImages(*read_split(val, scale, "data.val"), scale) if val else test_ds
     return DataSplits(name=f"{Path(str(train.get('hr') if isinstance(train, Mapping) else train)).name}-x{scale}",
                       train=SRImages(*train_split, scale, patch_size, samples_per_epoch), val=val_ds, test=test_ds,
-                      num_classes=0, input_shape=(3, patch_size, patch_size))
+                      input_shape=(3, patch_size, patch_size))
 
 
 __all__ = ["SRImages", "sr_embedded", "sr_folders", "embedded_image", "read_image", "bicubic_lr", "make_pair",

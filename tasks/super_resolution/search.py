@@ -67,13 +67,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from core.task import Task
+from core.oneshot.base import Searcher
 from core.engine.data import DataSplits, cycle, split_indices
 from core.engine.registry import STRATEGIES, ConfigError
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.objective import Objective
 from core.api import Arch, SearchSpace
 from core.api.sparsestmax import order_loss
-from core.supernet.spos import _progress_enabled
+from core.engine.progress import progress_enabled
 from tasks.super_resolution.supernet import RELAXATIONS, TrilevelSupernet
 
 CHECKPOINT_FORMAT = "archforge-trilevel-1"
@@ -110,10 +112,9 @@ def load_sr_teacher(spec: dict[str, Any]) -> nn.Module:
 
 
 @STRATEGIES.register("trilevel")
-class TrilevelSearcher:
+class TrilevelSearcher(Searcher):
     """Trilevel NAS on a `trilevel_sr` space (see the module docstring). `fit(None, data) -> Arch`."""
 
-    gradient_based = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None, epochs: int = 10,
                  steps_per_epoch: int | None = None, batch_size: int = 8, relaxation: str = "sparsestmax",
@@ -125,7 +126,8 @@ class TrilevelSearcher:
                  order_weight: float = 1e-5, order_mode: str = "telescoping", sandwich: bool = True,
                  warmup_epochs: int = 0, teacher: dict | None = None, teacher_weight: float = 1.0,
                  hr_weight: float = 1.0, out_hw: list | None = None, checkpoint: str | None = None,
-                 progress: bool = False, device: str = "cpu"):
+                 progress: bool = False, device: str = "cpu", task: Task | None = None):
+        self.task = task
         if relaxation not in RELAXATIONS:
             raise ConfigError(f"strategy.relaxation: expected one of {', '.join(RELAXATIONS)}, got {relaxation!r}")
         if epochs < 1:
@@ -252,7 +254,7 @@ class TrilevelSearcher:
         steps = math.ceil(len(train_half) / self.batch_size)
         steps = min(steps, self.steps_per_epoch) if self.steps_per_epoch else steps
         bar = tqdm(total=self.epochs * steps, initial=start * steps, desc=f"trilevel ({self.relaxation})",
-                   unit="step", disable=not _progress_enabled(self.progress), dynamic_ncols=True)
+                   unit="step", disable=not progress_enabled(self.progress), dynamic_ncols=True)
         for epoch in range(start, self.epochs):
             row = self._epoch(model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, bar)
             scheduler.step()

@@ -116,8 +116,8 @@ class TrilevelSpace(SearchSpace):
         return Arch(arch)
 
     # -- networks -----------------------------------------------------------------------------------
-    def build(self, arch: Mapping[str, Any], num_classes: int | None = None, **_: Any) -> nn.Module:
-        """The plain network of `arch` (`num_classes` is accepted for the generic tools and ignored)."""
+    def build(self, arch: Mapping[str, Any]) -> nn.Module:
+        """The plain network of `arch`."""
         arch = self.check(arch)
         if "baseline" in arch:
             if arch["baseline"] == "bicubic":

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from core.engine.data import DataSplits
 from core.engine.registry import DATASETS, TASKS, ConfigError
-from core.task import Task
+from core.task import Task, batches_on
 from core.api import Arch, SearchSpace
 from tasks.super_resolution._basicsr import imresize, imwrite
 from tasks.super_resolution.metrics import psnr_y, ssim_y, to_image
@@ -74,6 +74,8 @@ def side_by_side(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, scale: in
 @TASKS.register("super_resolution")
 class SuperResolutionTask(Task):
     name = "super_resolution"
+    primary_metric = "psnr"
+    metrics = ("psnr", "ssim")
     table_metrics = ("psnr", "ssim")
     Options = SROptions
 
@@ -93,7 +95,7 @@ class SuperResolutionTask(Task):
         splits.input_shape = tuple(self.example_input(splits).shape[1:])  # the LR input at the cost_output size
         return splits
 
-    def space_overrides(self, data: DataSplits) -> dict[str, Any]:
+    def build_context(self, data: DataSplits) -> dict[str, Any]:
         return {"scale": self.scale, "cost_output": [int(v) for v in self.options.cost_output]}
 
     def space(self, data: DataSplits) -> SearchSpace:
@@ -123,6 +125,33 @@ class SuperResolutionTask(Task):
                                   "objective.constraints")
             return msrresnet_budget(self.scale, min(bounds), tuple(int(v) for v in self.options.cost_output))
         raise ConfigError(f"retrain.baselines: unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+
+    # -- the task contract ------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """L1 between the super-resolved patch and the HR patch (basicsr's pixel loss)."""
+        lr, hr = batch
+        loss = F.l1_loss(model(lr), hr)
+        return loss, {"n": len(lr)}
+
+    @torch.no_grad()
+    def score(self, model: nn.Module, loader) -> dict[str, float]:
+        """Mean Y-channel PSNR and SSIM (basicsr, `scale` pixels cropped at the border) over the images."""
+        was = model.training
+        model.eval()
+        psnrs, ssims = [], []
+        for lr, hr in batches_on(loader, model):
+            for o, h in zip(model(lr).clamp(0, 1), hr):
+                psnrs.append(psnr_y(o, h, self.scale))
+                ssims.append(ssim_y(o, h, self.scale))
+        model.train(was)
+        return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
+
+    def loader(self, dataset, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
+               drop_last: bool = False):
+        """Validation and test images differ in size, so they are scored one at a time."""
+        if not shuffle:
+            batch_size = 1
+        return super().loader(dataset, batch_size, shuffle, seed, num_workers, drop_last)
 
     # -- training ---------------------------------------------------------------------------------
     def batch_metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -189,7 +218,7 @@ def train_steps(model: nn.Module, dataset, steps: int, batch_size: int = 16, lr:
     The model is moved to `device` and stays there."""
     from tqdm.auto import tqdm
 
-    from core.supernet.spos import _progress_enabled
+    from core.engine.progress import progress_enabled
 
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -203,7 +232,7 @@ def train_steps(model: nn.Module, dataset, steps: int, batch_size: int = 16, lr:
                         generator=torch.Generator().manual_seed(seed))
     losses: list[float] = []
     model.train()
-    bar = tqdm(total=steps, desc=desc, unit="step", disable=not _progress_enabled(progress), dynamic_ncols=True)
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress_enabled(progress), dynamic_ncols=True)
     while len(losses) < steps:
         for lr_img, hr_img in loader:
             loss = F.l1_loss(model(lr_img.to(device)), hr_img.to(device))

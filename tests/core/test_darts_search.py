@@ -10,7 +10,9 @@ from core.engine.registry import STRATEGIES
 from core.api import Arch, Choice, ChoiceModule, SearchSpace, architecture_parameters, set_mixture
 from core.zoo.darts import DartsSpace, arch_to_genotype
 from core.oneshot.darts import DartsSearcher
-from tasks.classification.data import digits
+from core.testing import TinyClassification
+from core.testing import digits
+from core.oneshot.base import Searcher
 
 torch.set_num_threads(1)
 
@@ -65,7 +67,7 @@ def data():
 def test_toy_task_derives_the_op_that_solves_it(data, order, relaxation):
     torch.manual_seed(0)
     space = ToySpace()
-    searcher = DartsSearcher(space, epochs=4, order=order, relaxation=relaxation, arch_lr=0.05, lr=0.1,
+    searcher = DartsSearcher(space, task=TinyClassification(), epochs=4, order=order, relaxation=relaxation, arch_lr=0.05, lr=0.1,
                              temperature=(1.0, 0.5))
     arch = searcher.fit(None, data)
     assert arch == Arch(op="identity")
@@ -99,12 +101,12 @@ def test_second_order_gradient_matches_exact_unrolled_derivative():
     weights = [p for p in model.parameters() if all(p is not a for a in alphas)]
     x_t, x_v = torch.randn(32, 1, 8, 8, dtype=torch.float64), torch.randn(32, 1, 8, 8, dtype=torch.float64)
     y_t, y_v = torch.randint(0, 10, (32,)), torch.randint(0, 10, (32,))
-    searcher = DartsSearcher(space, order=2, weight_decay=3e-4)
+    searcher = DartsSearcher(space, task=TinyClassification(), order=2, weight_decay=3e-4)
     before = [w.detach().clone() for w in weights]
     eta = 0.5  # a large step makes the second-order term large enough to matter
-    ours = searcher.arch_gradients_second_order(model, x_t, y_t, x_v, y_v, alphas, weights, eta)
+    ours = searcher.arch_gradients_second_order(model, (x_t, y_t), (x_v, y_v), alphas, weights, eta)
     exact = exact_unrolled_gradient(model, alphas, x_t, y_t, x_v, y_v, eta, 3e-4)
-    first = searcher.arch_gradients_first_order(model, x_v, y_v, alphas)
+    first = searcher.arch_gradients_first_order(model, (x_v, y_v), alphas)
     assert torch.allclose(ours[0], exact[0], rtol=1e-4, atol=1e-7), (ours, exact)
     assert not torch.allclose(first[0], exact[0], rtol=1e-2)  # the implicit term is not negligible here
     assert all(torch.equal(w, b) for w, b in zip(weights, before))  # weights restored
@@ -113,7 +115,7 @@ def test_second_order_gradient_matches_exact_unrolled_derivative():
 @pytest.mark.parametrize("order", [1, 2])
 def test_darts_cells_on_digits_derive_a_buildable_genotype(data, order):
     space = DartsSpace(C=4, layers=3, in_channels=1, num_classes=10)
-    searcher = DartsSearcher(space, epochs=1, order=order, batch_size=16, steps_per_epoch=3 - order,
+    searcher = DartsSearcher(space, task=TinyClassification(), epochs=1, order=order, batch_size=16, steps_per_epoch=3 - order,
                              supernet={"C": 4, "layers": 3})
     logits_before = [a.detach().clone() for a in architecture_parameters(space.supernet(C=4, layers=3))]
     arch = searcher.fit(None, data)
@@ -131,7 +133,7 @@ def test_darts_cells_on_digits_derive_a_buildable_genotype(data, order):
 
 def test_sparsestmax_search_on_darts_cells_ends_one_hot(data):
     space = DartsSpace(C=4, layers=3, in_channels=1, num_classes=10, ops=["none", "skip_connect", "sep_conv_3x3"])
-    searcher = DartsSearcher(space, epochs=1, relaxation="sparsestmax", batch_size=16, steps_per_epoch=2,
+    searcher = DartsSearcher(space, task=TinyClassification(), epochs=1, relaxation="sparsestmax", batch_size=16, steps_per_epoch=2,
                              supernet={"C": 4, "layers": 3})
     arch = searcher.fit(None, data)
     assert space.is_valid(arch)
@@ -139,16 +141,16 @@ def test_sparsestmax_search_on_darts_cells_ends_one_hot(data):
 
 
 def test_registered_as_gradient_based_strategy(tmp_path, data):
-    assert STRATEGIES.get("darts") is DartsSearcher and DartsSearcher.gradient_based
+    assert STRATEGIES.get("darts") is DartsSearcher and issubclass(DartsSearcher, Searcher)
     space = ToySpace()
     searcher = STRATEGIES.build({"name": "darts", "epochs": 2, "arch_lr": 0.05, "checkpoint": str(tmp_path / "d.pt")},
-                                "strategy", space=space, seed=0, objective=None)
+                                "strategy", space=space, seed=0, objective=None, task=TinyClassification())
     assert not hasattr(searcher, "ask")
     searcher.fit(None, data)
-    resumed = DartsSearcher(space, epochs=3, arch_lr=0.05, checkpoint=str(tmp_path / "d.pt"))
+    resumed = DartsSearcher(space, task=TinyClassification(), epochs=3, arch_lr=0.05, checkpoint=str(tmp_path / "d.pt"))
     assert resumed.fit(None, data) == Arch(op="identity")
     assert [row["epoch"] for row in resumed.history] == [0, 1, 2]
     with pytest.raises(ValueError, match="order"):
-        DartsSearcher(space, order=3)
+        DartsSearcher(space, task=TinyClassification(), order=3)
     with pytest.raises(ValueError, match="relaxation"):
-        DartsSearcher(space, relaxation="sigmoid")
+        DartsSearcher(space, task=TinyClassification(), relaxation="sigmoid")

@@ -14,9 +14,15 @@ from core.objective import Objective
 from core.zoo.cell201 import Cell201Space
 from core.zoo.mobile import digits_space
 from core.oneshot.dcnas import DCNASSearch, dcnas_scores, layer_features, probe_batch, representations
-from core.oneshot.hournas import (HourNASSearch, ShrunkSpace, StageCostModel, space_proposal, vital_choices)
+from core.api.shrunk import ShrunkSpace
+from core.cost.stage_model import StageCostModel
+from core.oneshot.hournas import HourNASSearch, space_proposal, vital_choices
 from core.supernet.spos import train_supernet
-from tasks.classification.data import digits
+from core.testing import TinyClassification
+
+SPOS_TASK = TinyClassification(label_smoothing=0.1)  # SPOS's label smoothing
+from core.testing import digits
+from core.oneshot.base import Searcher
 
 torch.set_num_threads(1)
 
@@ -36,19 +42,19 @@ def cell_space():
 
 @pytest.fixture(scope="module")
 def cell_supernet(cell_space, data):
-    return train_supernet(cell_space, data, epochs=2, lr=0.1, steps_per_epoch=10)
+    return train_supernet(cell_space, data, SPOS_TASK, epochs=2, lr=0.1, steps_per_epoch=10)
 
 
 @pytest.fixture(scope="module")
 def dcnas(cell_space, cell_supernet, data):
-    strategy = DCNASSearch(cell_space, seed=0, samples=24, clusters=4, probe_size=32, final_steps=5,
+    strategy = DCNASSearch(cell_space, task=SPOS_TASK, seed=0, samples=24, clusters=4, probe_size=32, final_steps=5,
                            final_bn_batches=2, bn_batches=2)
     arch = strategy.fit(cell_supernet, data)
     return strategy, arch
 
 
 def test_dcnas_is_registered_as_a_one_shot_searcher():
-    assert STRATEGIES.get("dcnas") is DCNASSearch and DCNASSearch.gradient_based
+    assert STRATEGIES.get("dcnas") is DCNASSearch and issubclass(DCNASSearch, Searcher)
 
 
 def test_representation_is_the_per_layer_feature_change(cell_space, cell_supernet, data):
@@ -56,7 +62,7 @@ def test_representation_is_the_per_layer_feature_change(cell_space, cell_superne
     a, b = cell_space.sample(rng), cell_space.sample(rng)
     while b == a:
         b = cell_space.sample(rng)
-    blocks, layers = layer_features(cell_space, cell_supernet, [a, b, a], probe_batch(data, 16))
+    blocks, layers = layer_features(cell_space, cell_supernet, [a, b, a], probe_batch(data, 16, task=SPOS_TASK))
     assert len(layers) == 13 and layers[-1] == ""  # 6 edges x 2 cells + the output
     feats = representations(blocks)
     assert np.allclose(feats[0], feats[2])          # same arch, same features (deterministic, buffers restored)
@@ -103,7 +109,7 @@ def test_dcnas_scores_follow_a_loss_objective(cell_space, cell_supernet, data):
     cluster to the winner's fine-tuned -loss (the form benchmarks/ranking.py's "DC-NAS (loss)" row uses)."""
     archs = random.Random(5).sample(cell_space.all_archs(), 12)
     loss = Objective(metric="val_loss", direction="min")
-    o = dcnas_scores(cell_space, cell_supernet, data, archs, clusters=3, seed=0, probe_size=16, final_steps=2,
+    o = dcnas_scores(cell_space, cell_supernet, data, SPOS_TASK, archs, clusters=3, seed=0, probe_size=16, final_steps=2,
                      final_bn_batches=1, bn_batches=1, objective=loss)
     for k, idx in o.clusters().items():
         assert o.results[o.winners[k]].get("val_loss") == min(o.results[i].get("val_loss") for i in idx)
@@ -171,7 +177,7 @@ def hournas(mobile, cost_model, data):
                             **{c.name: "mb6_k5" for c in mobile.choices if c.name.endswith(".op")}})
     lo, hi = cost_model.min_cost(), cost_model.arch_cost(biggest)
     budget = int(lo + 0.08 * (hi - lo))
-    strategy = HourNASSearch(mobile, seed=0, objective=Objective(constraints=[f"macs <= {budget}"]),
+    strategy = HourNASSearch(mobile, task=SPOS_TASK, seed=0, objective=Objective(constraints=[f"macs <= {budget}"]),
                              vital_epochs=1, proposal_epochs=1, train={"steps_per_epoch": 3, "lr": 0.1},
                              vital_evaluations=5, evaluations=6, population_size=4, sample_size=2, bn_batches=1)
     arch = strategy.fit(None, data)

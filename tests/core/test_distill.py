@@ -241,7 +241,7 @@ def accuracy(model, dataset):
 
 
 def test_multi_step_chain_trains_assistant_then_student():
-    from tasks.classification.data import digits
+    from core.testing import digits
 
     torch.manual_seed(0)
     data = digits()

@@ -17,8 +17,8 @@ from core.journal import Journal
 from core.objective import Objective
 from core.search import Search
 from core.zoo.cell201 import EDGE_NAMES, Cell201Space
-from core.zoo.compression import (LAYER_TYPES, CompressionEvaluator, CompressionSpace, compression_reward,
-                                     digits_cnn)
+from core.evaluation.compression import CompressionEvaluator
+from core.zoo.compression import LAYER_TYPES, CompressionSpace, compression_reward, digits_cnn
 from core.strategies import RandomSearch
 from core.strategies.esnac import (ESNAC, EmbeddingKernel, choice_tokens, expected_improvement, gp_posterior,
                                    layer_descriptors, loo_log_likelihood, loo_posterior)
@@ -313,7 +313,7 @@ def digits_splits():
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     train, val = perm[:1200], perm[1200:]
     return DataSplits("digits", TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]),
-                      TensorDataset(x[val], y[val]), 10, (1, 8, 8))
+                      TensorDataset(x[val], y[val]), (1, 8, 8), num_classes=10)
 
 
 def test_a_short_compression_search_end_to_end(tmp_path):

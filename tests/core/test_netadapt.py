@@ -15,7 +15,9 @@ from core.ops.ordered_dropout import (OrderedBatchNorm2d, OrderedConv2d, Ordered
 from core.api import Arch
 from core.zoo.netadapt import Bypass, ConvLayer, MBLayer, NetAdaptSpace
 from core.oneshot.netadapt import NetAdaptV2Searcher, OrderedDropoutTrainer
-from tasks.classification.data import digits
+from core.testing import TinyClassification
+from core.testing import digits
+from core.oneshot.base import Searcher
 
 torch.set_num_threads(1)
 
@@ -33,7 +35,7 @@ def space():
 @pytest.fixture(scope="module")
 def trained(space, data):
     """A super-network trained 3 epochs with per-image ordered dropout (about 5 s on one thread)."""
-    trainer = OrderedDropoutTrainer(space, data, epochs=3, batch_size=32, lr=0.2, seed=0)
+    trainer = OrderedDropoutTrainer(space, data, TinyClassification(), epochs=3, batch_size=32, lr=0.2, seed=0)
     supernet = trainer.fit()
     return supernet, trainer.history
 
@@ -179,7 +181,7 @@ def test_supernet_training_loss_falls(trained):
 # -- multi-layer coordinate descent ----------------------------------------------------------------------
 def _mcd(space, supernet, data, seed, **kwargs):
     kwargs = {"budget_ratio": 0.3, "samples": 6, "layers_per_sample": 2, "bn_batches": 2, **kwargs}
-    searcher = NetAdaptV2Searcher(space, seed=seed, **kwargs)
+    searcher = NetAdaptV2Searcher(space, seed=seed, task=TinyClassification(), **kwargs)
     arch = searcher.run(supernet, data)
     return searcher, arch
 
@@ -215,8 +217,8 @@ def test_budget_from_the_objective_constraint(space, trained, data):
     supernet, _ = trained
     objective = Objective.from_config(constraints=["macs <= 200000"])
     searcher = STRATEGIES.build({"name": "netadapt", "samples": 2, "bn_batches": 1, "decrement_ratio": 0.3},
-                                "strategy", space=space, seed=0, objective=objective)
-    assert searcher.gradient_based
+                                "strategy", space=space, seed=0, objective=objective, task=TinyClassification())
+    assert isinstance(searcher, Searcher)
     arch = searcher.run(supernet, data)
     assert space.macs(arch) <= 200000
 

@@ -13,7 +13,7 @@ import ranking
 
 from core.api import activate
 from core.zoo.cell201 import EDGE_NAMES, Cell201Space, CellNetwork, SearchCell
-from tasks.classification.data import digits
+from core.testing import digits
 
 
 def _arch(space, op):

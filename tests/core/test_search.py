@@ -17,6 +17,7 @@ from core.objective import Constraint, Objective, non_dominated
 from core.search import ResumeError, Search
 from core.api import Arch
 from core.strategies import RandomSearch, RegularizedEvolution
+from core.testing import TinyClassification
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,15 +160,15 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
 def test_latency_constraint_from_a_lookup_table(tmp_path):
     from core.evaluation.train import TrainEvaluator
     from core.zoo.mobile import digits_space
-    from tasks.classification.data import digits
+    from core.testing import digits
 
     space, data = digits_space(), digits()
-    evaluator = TrainEvaluator(space, data, epochs=1, sample_ratio=0.1, latency="table",
+    evaluator = TrainEvaluator(space, data, TinyClassification(), epochs=1, sample_ratio=0.1, latency="table",
                                latency_table=str(tmp_path / "lut.json"))
     result = evaluator.evaluate(space.default())
     assert result.ok and result.metrics["latency_ms"] > 0
     assert (tmp_path / "lut.json").is_file()
-    again = TrainEvaluator(space, data, epochs=1, sample_ratio=0.1, latency="table",
+    again = TrainEvaluator(space, data, TinyClassification(), epochs=1, sample_ratio=0.1, latency="table",
                            latency_table=str(tmp_path / "lut.json")).costs(space.default())
     assert again["latency_ms"] == result.metrics["latency_ms"]  # answered from the saved table, not re-timed
 
@@ -175,10 +176,10 @@ def test_latency_constraint_from_a_lookup_table(tmp_path):
 def test_thirty_evaluation_search_with_real_training(tmp_path):
     from core.evaluation.train import TrainEvaluator
     from core.zoo.mobile import digits_space
-    from tasks.classification.data import digits
+    from core.testing import digits
 
     space = digits_space()
-    evaluator = TrainEvaluator(space, digits(), epochs=2, batch_size=16, lr=0.1, sample_ratio=0.25)
+    evaluator = TrainEvaluator(space, digits(), TinyClassification(), epochs=2, batch_size=16, lr=0.1, sample_ratio=0.25)
     summary = run(space, RegularizedEvolution(space, seed=0, population_size=8, sample_size=3), tmp_path, 30,
                   evaluator=evaluator, objective=Objective.from_config(constraints=["macs <= 1e6"]))
     trained = [r for _, r in summary.trials if r.status != "infeasible"]

@@ -29,7 +29,8 @@ from core.search import Search
 from core.api import Choice, SearchSpace
 from core.zoo.cell201 import Cell201Space
 from core.strategies import RandomSearch
-from core.strategies.hierarchical import EcoNAS, SegmentedTraining
+from core.strategies.hierarchical import EcoNAS
+from core.testing import TinyClassification
 from core.strategies.nsga2 import NSGA2
 from core.strategies.tpe import TPE
 
@@ -48,7 +49,7 @@ def space(bench):
 
 @pytest.fixture(scope="module")
 def digits_data():
-    from tasks.classification.data import digits
+    from core.testing import digits
 
     return digits()
 
@@ -330,12 +331,11 @@ def test_econas_ask_tell_is_the_single_proxy_variant(onemax_space, tmp_path):
     assert summary.best_result.metrics["accuracy"] > first16 + 2
 
 
-def test_segmented_training_resumes_one_schedule(digits_data):
+def test_train_evaluator_budget_resumes_one_schedule(digits_data):
     space = Cell201Space(C=4, N=1)
     arch = space.default()
-    train = TrainEvaluator(space, digits_data, epochs=2, batch_size=64, sample_ratio=0.3)
-    seg = SegmentedTraining(train)
-    first, second = seg.evaluate_at(arch, 1), seg.evaluate_at(arch, 2)
+    train = TrainEvaluator(space, digits_data, TinyClassification(), epochs=2, batch_size=64, sample_ratio=0.3)
+    first, second = train.evaluate_at(arch, 1), train.evaluate_at(arch, 2)
     whole = train.evaluate(arch)
     assert second.metrics["accuracy"] == pytest.approx(whole.metrics["accuracy"])
     assert first.metrics["epochs"] == 1 and second.metrics["params"] == whole.metrics["params"]

@@ -9,15 +9,19 @@ import torch
 from torch import nn
 
 from core.engine.registry import EVALUATORS
-from core.evaluation.supernet import SupernetEvaluator, recalibrate_bn, state_digest
+from core.evaluation.supernet import SupernetEvaluator
+from core.supernet.bn import recalibrate_bn, state_digest
 from core.journal import Journal
 from core.objective import Objective
 from core.search import Search
 from core.zoo.cell201 import Cell201Space
 from core.zoo.mobile import digits_space
 from core.strategies import RegularizedEvolution
-from core.supernet.spos import SPOSTrainer, load_supernet, smoothed_cross_entropy, train_supernet
-from tasks.classification.data import digits
+from core.supernet.spos import SPOSTrainer, load_supernet, train_supernet
+from core.testing import TinyClassification
+
+SPOS_TASK = TinyClassification(label_smoothing=0.1)  # SPOS's label smoothing
+from core.testing import digits
 
 torch.set_num_threads(1)
 
@@ -37,7 +41,7 @@ def space():
 @pytest.fixture(scope="module")
 def trained(space, data, tmp_path_factory):
     path = tmp_path_factory.mktemp("spos") / "supernet.pt"
-    supernet = train_supernet(space, data, epochs=6, lr=0.1, supernet_kwargs=SUPERNET, checkpoint=str(path))
+    supernet = train_supernet(space, data, SPOS_TASK, epochs=6, lr=0.1, supernet_kwargs=SUPERNET, checkpoint=str(path))
     return supernet, path
 
 
@@ -56,20 +60,21 @@ def test_spos_training_loss_falls(trained):
 
 def test_resumed_training_equals_an_uninterrupted_run(space, data, tmp_path):
     kwargs = dict(epochs=3, steps_per_epoch=4, supernet_kwargs=SUPERNET, seed=7)
-    reference = SPOSTrainer(space, data, **kwargs).fit()
+    reference = SPOSTrainer(space, data, SPOS_TASK, **kwargs).fit()
 
-    calls = {"n": 0}
+    class CrashingTask(TinyClassification):  # a run killed during its third epoch
+        calls = 0
 
-    def crashing_loss(output, target):  # a run killed during its third epoch
-        calls["n"] += 1
-        if calls["n"] == 10:
-            raise KeyboardInterrupt
-        return smoothed_cross_entropy(output, target, 0.1)
+        def loss(self, model, batch):
+            CrashingTask.calls += 1
+            if CrashingTask.calls == 10:
+                raise KeyboardInterrupt
+            return super().loss(model, batch)
 
     path = tmp_path / "ckpt.pt"
     with pytest.raises(KeyboardInterrupt):
-        SPOSTrainer(space, data, checkpoint=str(path), loss_fn=crashing_loss, **kwargs).fit()
-    resumed_trainer = SPOSTrainer(space, data, checkpoint=str(path), **kwargs)
+        SPOSTrainer(space, data, CrashingTask(0.1), checkpoint=str(path), **kwargs).fit()
+    resumed_trainer = SPOSTrainer(space, data, SPOS_TASK, checkpoint=str(path), **kwargs)
     resumed = resumed_trainer.fit()
     assert [round(r["epoch"]) for r in resumed_trainer.history] == [0, 1, 2]
     ref_state, res_state = reference.state_dict(), resumed.state_dict()
@@ -78,9 +83,9 @@ def test_resumed_training_equals_an_uninterrupted_run(space, data, tmp_path):
 
 def test_trained_supernet_beats_an_untrained_one(space, data, trained):
     archs = sample_archs(space, 12)
-    good = SupernetEvaluator(space, data, supernet=trained[0])
+    good = SupernetEvaluator(space, data, SPOS_TASK, supernet=trained[0])
     torch.manual_seed(0)
-    fresh = SupernetEvaluator(space, data, supernet=space.supernet(**SUPERNET))
+    fresh = SupernetEvaluator(space, data, SPOS_TASK, supernet=space.supernet(**SUPERNET))
     good_acc = [good.evaluate(a).metrics["accuracy"] for a in archs]
     fresh_acc = [fresh.evaluate(a).metrics["accuracy"] for a in archs]
     assert statistics.mean(good_acc) > statistics.mean(fresh_acc) + 0.15, (good_acc, fresh_acc)
@@ -101,7 +106,7 @@ def test_bn_recalibration_resets_to_the_batch_average():
 
 
 def test_bn_recalibration_improves_the_median_arch(space, data, trained):
-    evaluator = SupernetEvaluator(space, data, supernet=trained[0], bn_batches=4)
+    evaluator = SupernetEvaluator(space, data, SPOS_TASK, supernet=trained[0], bn_batches=4)
     archs = sample_archs(space, 11, seed=1)
     with_recal = [evaluator.score(a)["accuracy"] for a in archs]
     without = [evaluator.score(a, bn_batches=0)["accuracy"] for a in archs]
@@ -112,7 +117,7 @@ def test_bn_recalibration_improves_the_median_arch(space, data, trained):
 
 def test_twenty_archs_are_fast_reproducible_and_loaded_from_checkpoints(space, data, trained):
     supernet, path = trained
-    evaluator = EVALUATORS.build({"name": "supernet", "supernet": str(path)}, "evaluator", space=space, data=data)
+    evaluator = EVALUATORS.build({"name": "supernet", "supernet": str(path)}, "evaluator", space=space, data=data, task=SPOS_TASK)
     assert evaluator.path == "activate" and state_digest(evaluator.supernet) == state_digest(supernet)
     archs = sample_archs(space, 20, seed=2)
     start = time.process_time()  # CPU time: immune to other processes loading the machine
@@ -129,7 +134,7 @@ def test_twenty_archs_are_fast_reproducible_and_loaded_from_checkpoints(space, d
 
 
 def test_plugs_into_a_sample_based_search(space, data, trained, tmp_path):
-    evaluator = SupernetEvaluator(space, data, supernet=trained[0])
+    evaluator = SupernetEvaluator(space, data, SPOS_TASK, supernet=trained[0])
     with Journal(tmp_path / "journal.sqlite") as journal:
         summary = Search(space, RegularizedEvolution(space, seed=0, population_size=4, sample_size=2), evaluator,
                          Objective(), journal, budget=8, progress=False).run()
@@ -139,7 +144,7 @@ def test_plugs_into_a_sample_based_search(space, data, trained, tmp_path):
 
 def test_mobile_space_trains_and_inherits_sliced_paths(data, tmp_path):
     space = digits_space()
-    evaluator = SupernetEvaluator(space, data, epochs=1, train={"steps_per_epoch": 4},
+    evaluator = SupernetEvaluator(space, data, SPOS_TASK, epochs=1, train={"steps_per_epoch": 4},
                                   checkpoint=str(tmp_path / "mobile.pt"))
     assert evaluator.path == "inherit" and (tmp_path / "mobile.pt").is_file()
     archs = sample_archs(space, 2, seed=3)

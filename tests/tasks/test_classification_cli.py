@@ -103,7 +103,7 @@ def test_multi_fidelity_and_one_shot_searches_through_the_cli(tmp_path):
     econas = str(ROOT / "configs/classification/econas_tabular.yaml")
     assert main(["search", econas, f"run.dir={tmp_path}", "search.budget=120", "--no-progress"]) == 0
     summary = json.loads((_only(tmp_path / "econas_tabular", "*-search") / "search.json").read_text())
-    assert summary["epochs_used"] <= 120 and summary["segment_evaluations"] > 10
+    assert summary["report"]["epochs_used"] <= 120 and summary["report"]["segment_evaluations"] > 10
 
     darts = str(ROOT / "configs/classification/darts_digits.yaml")
     tiny = ["strategy.epochs=1", "strategy.supernet={C: 4, layers: 3}", "space.C=4", "space.layers=3",

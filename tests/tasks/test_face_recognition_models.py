@@ -55,7 +55,7 @@ def test_space_builds_the_published_cell_by_name_and_from_the_official_string():
     assert to_face_genotype(official) == POCKETNET
     space = PocketNetSpace()
     arch = space.arch_of("PocketNet")
-    assert count_params(space.build(arch, num_classes=1000)) == 925_632
+    assert count_params(space.build(arch)) == 925_632
     with pytest.raises(ValueError, match="inputs must differ"):
         space.check(arch.updated({"normal.node0.in1.input": 0}))
 

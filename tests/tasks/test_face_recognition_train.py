@@ -5,6 +5,8 @@ import json
 
 import pytest
 import torch
+
+from tasks.face_recognition.task import FaceRecognitionTask
 import yaml
 
 from core.cli import main
@@ -72,9 +74,9 @@ def test_short_second_order_search_derives_a_valid_genotype():
     torch.manual_seed(0)
     x = torch.randn(24, 3, 16, 16)
     y = torch.arange(24) % 3
-    data = DataSplits("tiny", torch.utils.data.TensorDataset(x, y), None, None, 3, (3, 16, 16))
+    data = DataSplits("tiny", torch.utils.data.TensorDataset(x, y), None, None, (3, 16, 16), num_classes=3)
     space = PocketNetSpace(C=4, layers=3, input_size=16, embedding_size=16, num_classes=3)
-    searcher = DartsSearcher(space, order=2, epochs=1, batch_size=6, steps_per_epoch=2, arch_lr=0.05,
+    searcher = DartsSearcher(space, task=FaceRecognitionTask({}), order=2, epochs=1, batch_size=6, steps_per_epoch=2, arch_lr=0.05,
                              supernet={"C": 4, "layers": 3, "stem_multiplier": 3})
     arch = searcher.fit(None, data)
     assert space.check(arch) == arch
