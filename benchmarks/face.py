@@ -123,7 +123,7 @@ def main() -> int:
 
     # 1. search
     space = PocketNetSpace(C=args.C, layers=args.layers, input_size=size, num_classes=data.num_classes)
-    searcher = DartsSearcher(space, seed=0, order=2, epochs=args.search_epochs, batch_size=32,
+    searcher = DartsSearcher(space, task=FaceRecognitionTask({}), seed=0, order=2, epochs=args.search_epochs, batch_size=32,
                              steps_per_epoch=args.search_steps, lr=0.1, lr_min=0.004, arch_lr=3e-3,
                              supernet={"C": 8, "layers": 5, "stem_multiplier": 3})
     start = time.perf_counter()

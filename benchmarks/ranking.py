@@ -93,6 +93,10 @@ from core.zoo.cell201 import Cell201Space, CellNetwork, SearchCell  # noqa: E402
 from core.oneshot.dcnas import dcnas_scores  # noqa: E402
 from core.supernet.spos import train_supernet  # noqa: E402
 from tasks.classification.data import digits  # noqa: E402
+from tasks.classification.task import ClassificationTask  # noqa: E402
+
+TASK = ClassificationTask({})
+SPOS_TASK = ClassificationTask({"classification": {"label_smoothing": 0.1}})  # SPOS's label smoothing
 
 BATCH = 64
 SPOS_LR = 0.1  # the documented cell201 SPOS example (docs/weight_sharing.md)
@@ -235,9 +239,9 @@ def run_seed(seed: int, args, data, table: TabularEvaluator) -> dict:
 
     # (a) SPOS
     t0 = time.perf_counter()
-    spos = train_supernet(space, data, epochs=args.epochs, lr=SPOS_LR, seed=seed)
+    spos = train_supernet(space, data, SPOS_TASK, epochs=args.epochs, lr=SPOS_LR, seed=seed)
     t1 = time.perf_counter()
-    evaluator = SupernetEvaluator(space, data, supernet=spos, bn_batches=4, seed=seed)
+    evaluator = SupernetEvaluator(space, data, TASK, supernet=spos, bn_batches=4, seed=seed)
     spos_metrics = [evaluator.score(a) for a in archs]
     score_s = time.perf_counter() - t1
     rows["SPOS"] = (np.array([m["accuracy"] for m in spos_metrics]),
@@ -255,16 +259,16 @@ def run_seed(seed: int, args, data, table: TabularEvaluator) -> dict:
     extra = args.clusters * args.final_steps
     dc_epochs = args.epochs - math.ceil(extra / steps_per_epoch)
     t0 = time.perf_counter()
-    dc_supernet = train_supernet(space, data, epochs=dc_epochs, lr=SPOS_LR, seed=seed)
+    dc_supernet = train_supernet(space, data, SPOS_TASK, epochs=dc_epochs, lr=SPOS_LR, seed=seed)
     t1 = time.perf_counter()
-    outcome = dcnas_scores(space, dc_supernet, data, archs, clusters=args.clusters, seed=seed,
+    outcome = dcnas_scores(space, dc_supernet, data, TASK, archs, clusters=args.clusters, seed=seed,
                            final_steps=args.final_steps, bn_batches=4)
     rows["DC-NAS"] = (outcome.scores, {"steps": dc_epochs * steps_per_epoch + extra, "train_s": t1 - t0,
                                        "score_s": time.perf_counter() - t1,
                                        "cluster_sizes": sorted(len(v) for v in outcome.clusters().values())})
     # the same supernet, winners picked, fine-tuned and merged on the validation loss instead
     t1 = time.perf_counter()
-    outcome = dcnas_scores(space, dc_supernet, data, archs, clusters=args.clusters, seed=seed,
+    outcome = dcnas_scores(space, dc_supernet, data, TASK, archs, clusters=args.clusters, seed=seed,
                            final_steps=args.final_steps, bn_batches=4,
                            objective=Objective(metric="val_loss", direction="min"))
     rows["DC-NAS (loss)"] = (outcome.scores, {"steps": dc_epochs * steps_per_epoch + extra, "train_s": 0.0,

@@ -42,9 +42,12 @@ from core.evaluation.supernet import SupernetEvaluator  # noqa: E402
 from core.supernet.bn import recalibrate_bn  # noqa: E402
 from core.zoo.cell201 import Cell201Space  # noqa: E402
 from core.zoo.mobile import digits_space  # noqa: E402
-from core.oneshot.dcnas import _score  # noqa: E402
 from core.supernet.spos import train_supernet  # noqa: E402
 from tasks.classification.data import digits  # noqa: E402
+from tasks.classification.task import ClassificationTask  # noqa: E402
+
+TASK = ClassificationTask({})
+SPOS_TASK = ClassificationTask({"classification": {"label_smoothing": 0.1}})  # SPOS's label smoothing
 
 BATCH = 64
 
@@ -61,7 +64,7 @@ def standalone_bn(space, archs, data, bn_batches, val) -> list[float]:
     for arch in archs:
         net = space.build(arch, num_classes=data.num_classes)
         recalibrate_bn(net, bn_batches)
-        accs.append(_score(net, val)["accuracy"])
+        accs.append(TASK.score(net, val)["accuracy"])
     return accs
 
 
@@ -78,16 +81,16 @@ def standalone_train(space, archs, data, val, seed: int = 0) -> list[float]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        accs.append(_score(net, val)["accuracy"])
+        accs.append(TASK.score(net, val)["accuracy"])
     return accs
 
 
 def run_space(name, space, data, args) -> list[tuple[str, float, str, float]]:
     archs = distinct_archs(space, args.archs)
     t0 = time.perf_counter()
-    supernet = train_supernet(space, data, epochs=args.supernet_epochs, lr=0.1)
+    supernet = train_supernet(space, data, SPOS_TASK, epochs=args.supernet_epochs, lr=0.1)
     supernet_s = time.perf_counter() - t0
-    evaluator = SupernetEvaluator(space, data, supernet=supernet, bn_batches=4, bn_batch_size=BATCH)
+    evaluator = SupernetEvaluator(space, data, TASK, supernet=supernet, bn_batches=4, bn_batch_size=BATCH)
     val = evaluator._val_data
     rows = []
 
