@@ -8,4 +8,3 @@ from core.api.space import SearchSpace
 
 __all__ = ["Arch", "Choice", "SearchSpace", "ChoiceModule", "activate", "set_mixture", "derive",
            "choice_modules", "architecture_parameters", "weight_parameters"]
-import core.api.sparsestmax  # noqa: F401,E402  (registers the sparsestmax and sparsemax relaxations)

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from core.api.choice import Choice
-from core.api.relax import relax
+from core.api.relax import is_sparse, relax
 
 #: relaxations whose weights can be exactly zero (registered by the modules that add them)
-SPARSE_RELAXATIONS: set[str] = set()
 
 
 class ChoiceModule(nn.Module):
@@ -62,7 +61,7 @@ class ChoiceModule(nn.Module):
             return self.candidates[self.active_index](*inputs)
         weights = self.weights()
         # sparse relaxations (sparsestmax) skip zero-weight paths; one host sync per forward, not per candidate
-        keep = (weights.detach() != 0).tolist() if self.relaxation in SPARSE_RELAXATIONS else [True] * len(weights)
+        keep = (weights.detach() != 0).tolist() if is_sparse(self.relaxation) else [True] * len(weights)
         out = 0
         for w, candidate, used in zip(weights, self.candidates, keep):
             if used:

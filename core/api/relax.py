@@ -1,9 +1,20 @@
-"""Relaxations: turn a choice's logits into mixture weights over its options."""
+"""Relaxations: turn a choice's logits into mixture weights over its options.
+
+Registered by name in `RELAXATIONS` (`register_relaxation`); a *sparse*
+relaxation gives exact zeros, and a mixture skips the options weighted zero
+in its forward pass. The sparse ones of the suite (sparsestmax, sparsemax)
+live in `core.api.sparsestmax`, imported on the first look-up.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from core.engine.registry import Registry
 
 
 def softmax_weights(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -16,12 +27,27 @@ def gumbel_weights(logits: torch.Tensor, temperature: float = 1.0, hard: bool = 
     return F.gumbel_softmax(logits, tau=temperature, hard=hard, dim=-1)
 
 
-RELAXATIONS = {"softmax": softmax_weights, "gumbel": gumbel_weights}
+@dataclass(frozen=True)
+class Relaxation:
+    weights: Callable[..., torch.Tensor]
+    #: exact zeros mean "skip this option" (the forward pass runs only the options weighted non-zero)
+    sparse: bool = False
+
+
+RELAXATIONS = Registry("relaxation", providers=("core.api.sparsestmax",))
+
+
+def register_relaxation(name: str, weights: Callable[..., torch.Tensor], sparse: bool = False) -> None:
+    RELAXATIONS.register(name, Relaxation(weights, sparse))
+
+
+def is_sparse(method: str) -> bool:
+    return method in RELAXATIONS and RELAXATIONS.get(method).sparse
 
 
 def relax(logits: torch.Tensor, method: str = "softmax", **kwargs) -> torch.Tensor:
-    try:
-        fn = RELAXATIONS[method]
-    except KeyError:
-        raise ValueError(f"unknown relaxation {method!r}; known: {sorted(RELAXATIONS)}") from None
-    return fn(logits, **kwargs)
+    return RELAXATIONS.get(method, "relaxation").weights(logits, **kwargs)
+
+
+register_relaxation("softmax", softmax_weights)
+register_relaxation("gumbel", gumbel_weights)

@@ -93,8 +93,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from core.api.modules import SPARSE_RELAXATIONS
-from core.api.relax import RELAXATIONS
+from core.api.relax import register_relaxation
 
 _CENTERS = ("simplex", "support")
 
@@ -230,9 +229,8 @@ def order_loss(gamma: torch.Tensor, paths: Sequence[Sequence[int]] | None = None
     return weight * total
 
 
-RELAXATIONS["sparsestmax"] = sparsestmax_weights
-RELAXATIONS["sparsemax"] = sparsemax_weights
-SPARSE_RELAXATIONS.update({"sparsestmax", "sparsemax"})
+register_relaxation("sparsestmax", sparsestmax_weights, sparse=True)
+register_relaxation("sparsemax", sparsemax_weights, sparse=True)
 
 __all__ = ["sparsemax", "sparsestmax", "sparsestmax_weights", "sparsemax_weights", "max_radius", "radius_at",
            "order_loss"]

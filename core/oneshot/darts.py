@@ -65,7 +65,6 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-import core.api.sparsestmax  # noqa: F401 - registers the sparsestmax and sparsemax relaxations
 from core.task import Task
 from core.oneshot.base import Searcher
 from core.engine.progress import progress_enabled

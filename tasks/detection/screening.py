@@ -35,8 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from core.api import ChoiceModule, choice_modules
-from core.api.modules import SPARSE_RELAXATIONS
-from core.api.relax import RELAXATIONS
+from core.api.relax import register_relaxation
 
 
 def linear_weights(logits: torch.Tensor) -> torch.Tensor:
@@ -44,8 +43,7 @@ def linear_weights(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-RELAXATIONS.setdefault("linear", linear_weights)
-SPARSE_RELAXATIONS.add("linear")  # zero (removed) columns are skipped in the forward pass
+register_relaxation("linear", linear_weights, sparse=True)  # zero (removed) columns are skipped in the forward pass
 
 
 class GroupLassoScreen:

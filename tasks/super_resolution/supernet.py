@@ -46,7 +46,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import core.api.sparsestmax  # noqa: F401  (registers sparsestmax and sparsemax)
 from core.api.relax import relax
 from tasks.super_resolution.models import TrilevelSRNet
 from tasks.super_resolution.ops import OP_CLASSES, OPS, WIDTHS, Upsampler, head_tail_macs, inherit, op_macs, \

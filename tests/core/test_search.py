@@ -15,7 +15,6 @@ from core.evaluation import FunctionEvaluator, Result
 from core.journal import Journal
 from core.objective import Constraint, Objective, non_dominated
 from core.search import ResumeError, Search
-from core.api import Arch
 from core.strategies import RandomSearch, RegularizedEvolution
 from core.testing import TinyClassification
 
