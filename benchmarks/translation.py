@@ -44,8 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--teacher-steps", type=int, default=1200)
     p.add_argument("--steps", type=int, default=800, help="training steps of every student (the shared budget)")
-    p.add_argument("--search-budget", type=int, default=16, help="candidates the search trains")
-    p.add_argument("--search-steps", type=int, default=120, help="proxy training steps per candidate")
+    p.add_argument("--search-budget", type=int, default=24, help="candidates the search trains")
+    p.add_argument("--search-steps", type=int, default=400, help="proxy training steps per candidate")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_translation"))
@@ -79,8 +79,8 @@ def run_seed(seed: int, args, out: Path, first: bool) -> dict:
     task = ImageTranslationTask(cfg)
     data = task.data()
     space = task.space(data)
-    # the search space sized to the student's budget: widths up to 16 channels per level
-    search_space = UNetTranslatorSpace(**task.build_context(data), widths=(2, 3, 4, 6, 8, 12, 16))
+    # the search space sized to the student's budget: 4 to 32 channels per level
+    search_space = UNetTranslatorSpace(**task.build_context(data), widths=(4, 6, 8, 12, 16, 24, 32))
     extractor = photo_classifier()
     rows, models = [], {}
 
@@ -123,7 +123,7 @@ def run_seed(seed: int, args, out: Path, first: bool) -> dict:
         task.options.distill = {"gan_loss": mode}
         task.options.prior = {"init": 0.3, "mode": "stepped", "every": max(1, args.steps // 10), "increment": 0.1,
                               "cap": 0.6}
-        distill = task.make_distillation(teacher.to(args.device), student, data, teacher.arch, student_arch)
+        distill = task.make_distillation(teacher.cpu(), student, data, teacher.arch, student_arch)
         start = time.perf_counter()
         train_distillation(distill, data.train, recipe(args.steps), desc=label)
         distill.close()

@@ -213,9 +213,13 @@ class DistributionDistance:
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
+        import warnings
+
         self.label = label
         self.fd = FrechetInceptionDistance(feature=extractor)
-        self.kd = KernelInceptionDistance(feature=extractor, subsets=kid_subsets, subset_size=kid_subset_size)
+        with warnings.catch_warnings():  # KID keeps every feature vector: what it needs, and few at this size
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            self.kd = KernelInceptionDistance(feature=extractor, subsets=kid_subsets, subset_size=kid_subset_size)
         self.kid_subset_size = kid_subset_size
         self.count = 0
 
