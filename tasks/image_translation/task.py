@@ -109,7 +109,7 @@ class TranslationOptions:
                               f"got {self.distill['gan_loss']!r}")
 
 
-def default_terms(arch: Arch | dict, depth: int | None = None) -> list[dict[str, Any]]:
+def default_terms(arch: Arch | dict) -> list[dict[str, Any]]:
     """Distillation terms for a hand-designed generator pair (teacher and student of one design).
 
     L1 between the outputs (weight 50: the MindSpore CycleGAN `kd` option's
@@ -263,7 +263,7 @@ class ImageTranslationTask(Task):
         if terms is None:
             same_design = teacher_arch is not None and student_arch is not None and \
                 teacher_arch.get("baseline") == student_arch.get("baseline")
-            terms = default_terms(student_arch if same_design else {}, None)
+            terms = default_terms(student_arch if same_design else {})
         example = self.example_input(data).expand(2, *data.input_shape).contiguous()
         conditional = o.mode == "pix2pix"
         return PortableGANDistillation(
