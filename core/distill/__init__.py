@@ -1,17 +1,23 @@
 """Distillation: taps by module path, standard losses, the `Distiller`, teachers and multi-step KD.
 
-Blockwise distillation (DNA) lives in `core.oneshot.dna`, which uses
+GAN losses (standard, LSGAN, PU-GAN) and portable GAN distillation (a student generator and a student
+discriminator) serve every GAN task. Blockwise distillation (DNA) lives in `core.oneshot.dna`, which uses
 `StagedTeacher` from here.
 """
 
 from core.distill.distiller import Distiller, TermSpec, build_term
-from core.distill.losses import (DISTILL_LOSSES, ATTerm, CETerm, DistillTerm, HintTerm, KDTerm, MMDTerm, NSTTerm,
-                                 at_loss, attention_map, feature_mmd, kd_loss, mmd)
+from core.distill.gan_losses import GAN_MODES, GANLoss, PriorSchedule, pu_discriminator_loss, \
+    pu_lsgan_discriminator_loss
+from core.distill.losses import (DISTILL_LOSSES, ATTerm, CETerm, DistillTerm, GramTerm, HintTerm, KDTerm, L1Term,
+                                 MMDTerm, NSTTerm, at_loss, attention_map, feature_mmd, gram_matrix, kd_loss, mmd)
+from core.distill.portable_gan import PortableGANDistillation
 from core.distill.multistep import MultiStepDistillation, StageRecord, make_optimizer, train_distiller
 from core.distill.taps import Taps, parse_tap, resolve_module
 from core.distill.teachers import SmallCNN, StagedTeacher, freeze_teacher, load_state, load_teacher
 
 __all__ = ["Taps", "parse_tap", "resolve_module", "Distiller", "TermSpec", "build_term", "DISTILL_LOSSES",
-           "DistillTerm", "KDTerm", "CETerm", "HintTerm", "ATTerm", "MMDTerm", "NSTTerm", "kd_loss", "at_loss",
+           "DistillTerm", "KDTerm", "CETerm", "HintTerm", "ATTerm", "MMDTerm", "NSTTerm", "L1Term", "GramTerm", "gram_matrix",
+           "kd_loss", "at_loss", "GAN_MODES", "GANLoss", "PriorSchedule", "pu_discriminator_loss",
+           "pu_lsgan_discriminator_loss", "PortableGANDistillation",
            "attention_map", "mmd", "feature_mmd", "MultiStepDistillation", "StageRecord", "train_distiller",
            "make_optimizer", "load_teacher", "load_state", "freeze_teacher", "StagedTeacher", "SmallCNN"]

@@ -102,6 +102,8 @@ class Distiller(nn.Module):
                               if self.teacher is not None and teacher_taps else None)
         self._features: tuple[dict, dict] | None = None
         self.last_terms: dict[str, float] = {}
+        #: the teacher's output of the last forward pass (None when no term reads the teacher)
+        self.last_teacher_output: Any = None
         if example_input is not None:
             self.setup(example_input)
 
@@ -139,10 +141,11 @@ class Distiller(nn.Module):
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         """Run teacher (no grad) and student on the same inputs; return the student's output."""
         teacher_feats: dict = {}
+        self.last_teacher_output = None
         if self._teacher_taps is not None:
             self.teacher.eval()
             with torch.no_grad():
-                _, teacher_feats = self._teacher_taps(*inputs, **kwargs)
+                self.last_teacher_output, teacher_feats = self._teacher_taps(*inputs, **kwargs)
         output, student_feats = self._student_taps(*inputs, **kwargs)
         self._features = (student_feats, teacher_feats)
         return output

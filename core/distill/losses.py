@@ -11,7 +11,12 @@ name; `DISTILL_LOSSES` maps config names to term classes:
 - `at`: attention transfer (Zagoruyko & Komodakis, ICLR 2017), p = 2;
 - `mmd`: squared MMD between feature distributions (Gaussian kernel by default);
 - `nst`: neuron selectivity transfer (Huang & Wang 2017), `mmd` over channel maps
-  with the polynomial kernel.
+  with the polynomial kernel;
+- `l1`: mean absolute difference (a generator's output against its teacher's);
+- `gram` (`style`): MSE of Gram matrices (Johnson et al. 2016), through an adapter
+  when channels differ.
+
+GAN losses (standard, LSGAN, PU-GAN) are in `core.distill.gan_losses`.
 """
 
 from __future__ import annotations
@@ -216,13 +221,18 @@ class HintTerm(DistillTerm):
     distiller's trainable parameters. Deviation: the mean over elements
     (torch's `mse_loss`) instead of the paper's 1/2 sum. `resize=True`
     bilinearly resizes the student map to the teacher's size when they differ.
+    `distance: l1` takes the mean absolute difference instead (feature
+    matching as GAN distillation uses it).
     """
 
     def __init__(self, student_channels: int | None = None, teacher_channels: int | None = None,
-                 adapter: bool | None = None, resize: bool = False):
+                 adapter: bool | None = None, resize: bool = False, distance: str = "mse"):
         super().__init__()
+        if distance not in ("mse", "l1"):
+            raise ValueError(f"hint.distance: expected 'mse' or 'l1', got {distance!r}")
         self.want_adapter = adapter  # None: only when channels differ
         self.resize = bool(resize)
+        self.distance = distance
         self.adapter: nn.Module | None = None
         self._ready = False
         if student_channels is not None and teacher_channels is not None:
@@ -246,6 +256,11 @@ class HintTerm(DistillTerm):
                 self.adapter.to(student.device)
 
     def forward(self, student, teacher, targets=None):
+        student = self.adapt(student, teacher)
+        return F.mse_loss(student, teacher) if self.distance == "mse" else F.l1_loss(student, teacher)
+
+    def adapt(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """The student feature through the adapter (and resized, with `resize`), checked against the teacher's."""
         if not self._ready:
             if student.shape[1] == teacher.shape[1] and not self.want_adapter:
                 self._ready = True
@@ -264,7 +279,46 @@ class HintTerm(DistillTerm):
             else:
                 raise ValueError(f"hint: student feature {tuple(student.shape)} (after the adapter) and teacher "
                                  f"feature {tuple(teacher.shape)} differ; tap layers of one resolution or set resize")
-        return F.mse_loss(student, teacher)
+        return student
+
+
+class L1Term(DistillTerm):
+    """Mean absolute difference of student and teacher tensors (output L1 of GAN distillation:
+    Chen et al., "Distilling Portable Generative Adversarial Networks for Image Translation", AAAI 2020)."""
+
+    def forward(self, student, teacher, targets=None):
+        if student.shape != teacher.shape:
+            raise ValueError(f"l1: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape")
+        return F.l1_loss(student, teacher)
+
+
+def gram_matrix(feature: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gram matrix of a (B, C, H, W) feature, F F^T / (C H W) (Johnson et al., "Perceptual Losses
+    for Real-Time Style Transfer and Super-Resolution", ECCV 2016, sec. 3.2 style reconstruction loss)."""
+    if feature.dim() != 4:
+        raise ValueError(f"gram: expected a (batch, channels, height, width) feature, got {tuple(feature.shape)}")
+    b, c, h, w = feature.shape
+    flat = feature.reshape(b, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+class GramTerm(HintTerm):
+    """Style term: MSE between the Gram matrices of student and teacher features (`gram_matrix`).
+
+    The Gram-matrix (style) term of portable GAN distillation (Chen et al.,
+    AAAI 2020; the exact form is not known, METHODS.md 3.4: the GAN-Slimming
+    reimplementation uses the MSE of Gram matrices of discriminator features,
+    weight 1e5). A student feature with fewer channels goes through a learnable
+    1x1 adapter first, as in `hint`, so both Gram matrices are C_t x C_t.
+    """
+
+    def __init__(self, student_channels: int | None = None, teacher_channels: int | None = None,
+                 adapter: bool | None = None, resize: bool = False):
+        super().__init__(student_channels, teacher_channels, adapter, resize)
+
+    def forward(self, student, teacher, targets=None):
+        student = self.adapt(student, teacher)
+        return F.mse_loss(gram_matrix(student), gram_matrix(teacher))
 
 
 class ATTerm(DistillTerm):
@@ -307,5 +361,5 @@ class NSTTerm(MMDTerm):
 #: config name -> term class; tasks may register more (GAN losses, ...)
 DISTILL_LOSSES: dict[str, Callable[..., DistillTerm]] = {
     "kd": KDTerm, "ce": CETerm, "hint": HintTerm, "mse": HintTerm, "fitnet": HintTerm,
-    "at": ATTerm, "mmd": MMDTerm, "nst": NSTTerm,
+    "at": ATTerm, "mmd": MMDTerm, "nst": NSTTerm, "l1": L1Term, "gram": GramTerm, "style": GramTerm,
 }
