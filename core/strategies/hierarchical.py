@@ -218,9 +218,9 @@ class EcoNAS(Strategy, Searcher):
     # -- the hierarchical search ---------------------------------------------------------------------
     def search(self, context: SearchContext) -> Arch:
         """The searcher protocol: the hierarchical search with the configured evaluator; `context.budget`
-        counts training epochs; every segment evaluation is journaled with its cumulative `epochs`."""
+        counts training epochs; every segment evaluation is journaled with its cumulative `epoch`."""
         def record(arch: Arch, epochs: int, result: Result) -> None:
-            result.metrics.setdefault("epochs", float(epochs))
+            result.metrics.setdefault("epoch", float(epochs))
             if context.record:
                 context.record(arch, result)
 
