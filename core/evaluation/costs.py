@@ -21,13 +21,13 @@ LATENCY_MODES = ("none", "measure", "table")
 
 
 class CostMetrics:
-    def __init__(self, space: SearchSpace, input_shape: tuple[int, ...], num_classes: int | None = None,
-                 latency: str = "none", latency_table: str | None = None, latency_threads: int = 1):
+    def __init__(self, space: SearchSpace, input_shape: tuple[int, ...], latency: str = "none",
+                 latency_table: str | None = None, latency_threads: int = 1):
         if latency not in LATENCY_MODES:
             raise ValueError(f"evaluator.latency: expected one of {LATENCY_MODES}, got {latency!r}")
         if latency == "table" and not hasattr(space, "layer_specs"):
             raise ValueError(f"evaluator.latency: {type(space).__name__} has no layer_specs(), use 'measure'")
-        self.space, self.input_shape, self.num_classes = space, tuple(input_shape), num_classes
+        self.space, self.input_shape = space, tuple(input_shape)
         self.latency, self.threads = latency, latency_threads
         self.table_path = Path(latency_table) if latency_table else None
         self._table: LatencyTable | None = None
@@ -56,8 +56,7 @@ class CostMetrics:
         return dict(self._cache[arch])
 
     def _measure(self, arch: Arch) -> dict[str, float]:
-        kwargs = {"num_classes": self.num_classes} if self.num_classes else {}
-        model = self.space.build(arch, **kwargs)
+        model = self.space.build(arch)
         x = torch.zeros(1, *self.input_shape)
         out = {"params": float(count_params(model)), "macs": float(count_macs(model, x))}
         if self.latency == "measure":
@@ -65,7 +64,7 @@ class CostMetrics:
         elif self.latency == "table":
             table = self.table()
             before = len(table)
-            out["latency_ms"] = table.predict_arch(self.space, arch, input_size=self.input_shape[1:], **kwargs)
+            out["latency_ms"] = table.predict_arch(self.space, arch, input_size=self.input_shape[1:])
             if self.table_path and len(table) > before:
                 table.save(self.table_path)
         return out

@@ -73,7 +73,7 @@ class SupernetEvaluator(Evaluator):
         self.seed, self.threads, self.device = seed, threads, torch.device(device)
         self.epochs, self.train_kwargs = epochs, dict(train or {})
         self.supernet_kwargs = dict(supernet_kwargs or {})
-        self.costs = CostMetrics(space, data.input_shape, data.num_classes, latency, latency_table)
+        self.costs = CostMetrics(space, data.input_shape, latency, latency_table)
         self.supernet = self._load(supernet, checkpoint).to(self.device).eval()
         self._snapshot = {k: v.detach().clone() for k, v in self.supernet.named_buffers()}
         self._digest = state_digest(self.supernet)

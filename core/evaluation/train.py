@@ -44,20 +44,22 @@ class TrainEvaluator(Evaluator):
                  lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 4e-5, channel_divisor: int = 1,
                  resolution_divisor: int = 1, sample_ratio: float = 1.0, seed: int = 0, threads: int | None = 1,
                  latency: str = "none", latency_table: str | None = None, val_batch_size: int = 256,
-                 device: str = "cpu"):
+                 device: str = "cpu", optimizer: str = "sgd"):
         if not 0 < sample_ratio <= 1:
             raise ValueError(f"evaluator.sample_ratio must be in (0, 1], got {sample_ratio}")
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"evaluator.optimizer: expected sgd or adam, got {optimizer!r}")
         if channel_divisor < 1 or resolution_divisor < 1:
             raise ValueError("evaluator.channel_divisor and evaluator.resolution_divisor must be >= 1")
         self.space, self.data, self.task = space, data, task
-        self.val_batch_size, self.device = val_batch_size, torch.device(device)
+        self.val_batch_size, self.device, self.optimizer = val_batch_size, torch.device(device), optimizer
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.momentum, self.weight_decay = momentum, weight_decay
         self.channel_divisor, self.resolution_divisor = channel_divisor, resolution_divisor
         self.sample_ratio, self.seed, self.threads = sample_ratio, seed, threads
         self._train = self._subset(data.train)
         self._runs: dict[Arch, dict[str, Any]] = {}  # networks part-way through their schedule (evaluate_at)
-        self.costs = CostMetrics(space, data.input_shape, data.num_classes, latency, latency_table)
+        self.costs = CostMetrics(space, data.input_shape, latency, latency_table)
 
     def cost_metrics(self, arch: Arch) -> dict[str, float]:
         return self.costs(arch)
@@ -65,7 +67,8 @@ class TrainEvaluator(Evaluator):
     def config(self) -> dict[str, Any]:
         return {"type": "train", "task": self.task.name, "space": type(self.space).__name__, "data": self.data.name,
                 "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum,
-                "weight_decay": self.weight_decay, "proxy": self.proxy_name, "seed": self.seed, **self.costs.config()}
+                "weight_decay": self.weight_decay, "proxy": self.proxy_name,
+                **({"optimizer": self.optimizer} if self.optimizer != "sgd" else {}), "seed": self.seed, **self.costs.config()}
 
     @property
     def proxy_name(self) -> str:
@@ -110,9 +113,11 @@ class TrainEvaluator(Evaluator):
         return self.space.build(arch, channel_divisor=self.channel_divisor)
 
     def _batches(self, loader):
+        """`loader` itself, or its batches resized to the proxy's resolution."""
         size = self._resize()
-        for batch in loader:
-            yield self.task.resize(batch, size) if size else batch
+        if not size:
+            return loader
+        return (self.task.resize(batch, size) for batch in loader)
 
     def score(self, model: nn.Module) -> dict[str, float]:
         """The task's metrics on the validation split (a `loss` among them is reported as `val_loss`)."""
@@ -122,14 +127,17 @@ class TrainEvaluator(Evaluator):
 
     def fit(self, model: nn.Module, epochs: int, state: dict | None = None) -> dict:
         """Train `model` (on `self.device`) up to epoch `epochs` of a cosine schedule over `self.epochs` epochs
-        (SGD, Nesterov momentum, gradient clip 5). `state` (the returned dict: the trainable module, optimiser,
+        (SGD with Nesterov momentum, or Adam; gradient clip 5). `state` (the returned dict: the trainable module, optimiser,
         scheduler, data order and epochs done of an earlier call) continues that run, as EcoNAS's hierarchical
         proxy does."""
         if state is None:
             trainable = self.task.trainable(model, self.data)
             loader = self.task.loader(self._train, self.batch_size, shuffle=True, seed=self.seed)
-            opt = torch.optim.SGD(trainable.parameters(), lr=self.lr, momentum=self.momentum,
-                                  weight_decay=self.weight_decay, nesterov=self.momentum > 0)
+            if self.optimizer == "adam":
+                opt = torch.optim.Adam(trainable.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            else:
+                opt = torch.optim.SGD(trainable.parameters(), lr=self.lr, momentum=self.momentum,
+                                      weight_decay=self.weight_decay, nesterov=self.momentum > 0)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, self.epochs * len(loader)))
             state = {"trainable": trainable, "optimizer": opt, "scheduler": sched, "loader": loader, "epochs": 0}
         trainable, opt, sched = state["trainable"], state["optimizer"], state["scheduler"]

@@ -47,7 +47,7 @@ class TranslationEvaluator(Evaluator):
         self.steps, self.batch_size, self.lr = steps, batch_size, lr
         self.adversarial, self.lambda_l1, self.ndf, self.gan_loss = adversarial, lambda_l1, ndf, gan_loss
         self.seed, self.threads, self.device = seed, threads, device
-        self.costs = CostMetrics(space, data.input_shape, None, latency)
+        self.costs = CostMetrics(space, data.input_shape, latency)
 
     def cost_metrics(self, arch: Arch) -> dict[str, float]:
         return self.costs(arch)
