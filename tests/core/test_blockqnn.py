@@ -167,7 +167,7 @@ def test_nsc_episodes_and_early_stop_reward():
 def test_blockqnn_is_registered_and_deterministic(tmp_path, onemax_space):
     strategy = STRATEGIES.build({"name": "blockqnn", "epsilon_schedule": [[1.0, 10], [0.1, 10]],
                                  "learning_rate": 0.1, "replay_batch": 10}, "strategy", space=onemax_space, seed=3)
-    assert isinstance(strategy, BlockQNN)
+    assert strategy.schedule == [(1.0, 10), (0.1, 10)]  # the config's staircase, not the default
     ev = FunctionEvaluator(onemax, "onemax")
     a = run(onemax_space, strategy, tmp_path, 30, "a", ev)
     b = run(onemax_space, BlockQNN(onemax_space, seed=3, epsilon_schedule=[[1.0, 10], [0.1, 10]], learning_rate=0.1,

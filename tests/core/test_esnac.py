@@ -132,7 +132,6 @@ def best_rank(strategy, evaluator, budget, ranks):
 def test_esnac_is_registered_and_deterministic(tmp_path):
     space = Cell201Space()
     strategy = STRATEGIES.build({"name": "esnac", **SMALL}, "strategy", space=space, seed=1)
-    assert isinstance(strategy, ESNAC)
     ev = FunctionEvaluator(synthetic_cell_accuracy, "synthetic")
     keys = []
     for name, s in (("a", strategy), ("b", ESNAC(space, seed=1, **SMALL))):
@@ -291,7 +290,8 @@ def test_space_rejects_what_it_cannot_compress():
         CompressionSpace(teacher="resnet9000")
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         CompressionSpace(checkpoint="/nowhere.pt")
-    assert isinstance(digits_cnn(), nn.Sequential)
+    # by hand: convs 288 + 9,216 + 9,216 + 18,432 + 36,864 + 36,864, six BNs 2 x (32 x 3 + 64 x 3), linear 650
+    assert sum(p.numel() for p in digits_cnn().parameters()) == 112_106
 
 
 def test_reward_formula_by_hand():
@@ -322,7 +322,7 @@ def test_a_short_compression_search_end_to_end(tmp_path):
     evaluator = EVALUATORS.build({"name": "compression", "epochs": 1, "teacher_epochs": 5, "teacher_lr": 0.01,
                                   "sample_ratio": 0.5},
                                  "evaluator", space=space, data=data)
-    assert isinstance(evaluator, CompressionEvaluator)
+    assert evaluator.epochs == 1 and evaluator.sample_ratio == 0.5
     strategy = ESNAC(space, seed=0, n_initial=3, n_kernels=2, fit_steps=5, n_candidates=30, hidden_size=8,
                      num_layers=1)
     objective = Objective(metric="reward")

@@ -65,7 +65,9 @@ def test_sample_mutate_crossover_respect_rules():
         seen.add(a)
         m = space.mutate(a, rng)
         assert space.is_valid(m) and m != a
-        assert space.crossover(a, m, rng) is not None
+        child = space.crossover(a, m, rng)
+        assert space.is_valid(child) and space.canonical(child) == child
+        assert all(child[c.name] in (a[c.name], m[c.name]) or c.name not in space.active(child) for c in space.choices)
     assert len(seen) == space.size() == 9
 
 

@@ -108,7 +108,8 @@ def test_cli_teacher_then_multistep_kd_student_then_test(tmp_path, capsys):
                       face_recognition={"teacher": {"space": teacher_space, "epochs": str(epochs)}})
     assert main(["train", student, "train.arch=PocketNet", "--no-progress"]) == 0
     run = next((tmp_path / "runs" / "student").glob("*-train"))
-    assert json.loads((run / "metrics.json").read_text())["val_accuracy"] >= 0.0
+    val_accuracy = json.loads((run / "metrics.json").read_text())["val_accuracy"]
+    assert 0.5 <= val_accuracy <= 1.0  # 10-fold verification picks its threshold: never below chance
     assert main(["test", student, f"test.checkpoint={run / 'model.pt'}"]) == 0
     for name in ("verification.csv", "roc.png", "embeddings.npz", "test_metrics.json"):
         assert (run / name).is_file()

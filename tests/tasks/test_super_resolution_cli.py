@@ -87,4 +87,6 @@ def test_basicsr_training_script_trains_the_derived_arch(tmp_path, monkeypatch):
     state = torch.load(tmp_path / "experiments/tiny/models/net_g_latest.pth", weights_only=True)["params"]
     from tasks.super_resolution.models import TrilevelSRNet
 
-    TrilevelSRNet(2, 8, arch).load_state_dict(state)  # basicsr trained and saved our network
+    net = TrilevelSRNet(2, 8, arch)
+    keys = net.load_state_dict(state)  # basicsr trained and saved our network
+    assert not keys.missing_keys and not keys.unexpected_keys and set(state) == set(net.state_dict())
