@@ -1,5 +1,6 @@
 """Small fixtures for the core's tests and examples: a minimal classification task through the task contract,
-so that tests of evaluators, supernets and searchers need no task package."""
+so that tests of evaluators, supernets and searchers need no task package, and the onemax landscape, a cheap
+synthetic objective for testing strategies."""
 
 from __future__ import annotations
 
@@ -10,8 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.api import Arch, Choice, SearchSpace
 from core.data.digits import digits
 from core.task import Task, batches_on
+
+
+def onemax_space(n: int = 20) -> SearchSpace:
+    """`n` choices of 4 options; the hidden target is option i % 4 for choice i."""
+    return SearchSpace([Choice(f"c{i}", (0, 1, 2, 3)) for i in range(n)])
+
+
+def onemax(arch: Arch) -> dict[str, float]:
+    """How many choices of `arch` hit the target (a fitness with one optimum and no plateaus)."""
+    n = sum(1 for name in arch if name.startswith("c"))
+    return {"accuracy": float(sum(arch[f"c{i}"] == i % 4 for i in range(n))), "macs": 0.0, "params": 0.0}
 
 
 class TinyClassification(Task):
@@ -58,4 +71,4 @@ class TinyClassification(Task):
         return {"accuracy": top1 / max(n, 1), "top5": top5 / max(n, 1), "loss": loss / max(n, 1)}
 
 
-__all__ = ["TinyClassification", "digits"]
+__all__ = ["TinyClassification", "digits", "onemax", "onemax_space"]

@@ -12,11 +12,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def onemax_space():
-    """20 choices of 4 options; the hidden target is option i % 4 for choice i."""
-    from core.api import Choice, SearchSpace
+    """20 choices of 4 options; the hidden target is option i % 4 for choice i (`core.testing.onemax`)."""
+    from core.testing import onemax_space
 
-    return SearchSpace([Choice(f"c{i}", (0, 1, 2, 3)) for i in range(20)])
-
-
-def onemax(arch):
-    return {"accuracy": float(sum(arch[f"c{i}"] == i % 4 for i in range(20))), "macs": 0.0, "params": 0.0}
+    return onemax_space()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import onemax
+from core.testing import onemax
 from core.evaluation import FunctionEvaluator, Result
 from core.journal import Journal
 from core.objective import Constraint, Objective, non_dominated

@@ -11,7 +11,7 @@ import torch
 from core.cli import main
 from core.engine.runs import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 QUICK = str(ROOT / "configs/classification/quickstart.yaml")
 TINY = ["evaluator.epochs=1", "evaluator.sample_ratio=0.2", "search.budget=8", "strategy.population_size=4",
         "strategy.sample_size=1", "train.epochs=1", "retrain.baselines=[mobilenetv2_budget]"]

@@ -11,7 +11,7 @@ import torch
 
 from core.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIG = str(ROOT / "configs/super_resolution/trilevel_x2.yaml")
 TINY = ["data.hr_crop=48", "data.patch_size=12", "data.samples_per_epoch=16", "space.num_feat=8",
         "space.path_cells=2", "space.ops_per_cell=2", "strategy.epochs=2", "strategy.steps_per_epoch=1",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import onemax
+from core.testing import onemax
 from core.engine.registry import SPACES, STRATEGIES
 from core.evaluation import FunctionEvaluator, Result
 from core.journal import Journal

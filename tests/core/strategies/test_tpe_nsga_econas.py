@@ -17,7 +17,7 @@ import statistics
 import pytest
 import torch
 
-from conftest import onemax
+from core.testing import onemax
 from core.engine.registry import EVALUATORS, STRATEGIES, check_kwargs
 from core.evaluation import FunctionEvaluator, Result
 from core.evaluation.contrastive import ContrastiveEvaluator, nt_xent, random_shift, replace_classifier
