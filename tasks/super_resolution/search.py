@@ -50,7 +50,7 @@ available to us, so the details come from the derivative code
   supernet was computing at the end. `export()` gives it with the supernet's
   weights (search and training in one phase).
 
-`gradient_based = True`: `archforge search` calls `fit(None, data)`, which
+A `core.oneshot.base.Searcher`: `archforge search` calls `fit(None, data)`, which
 checkpoints to `checkpoint` after every epoch and resumes from it.
 """
 
