@@ -15,9 +15,9 @@ paper's numbers. Prints one table.
     .venv/bin/python benchmarks/detection.py --train-seeds 1  # one training per detector: ~6 min, noisy
     .venv/bin/python benchmarks/detection.py --random-arch    # control: a random arch of the space, no search
     .venv/bin/python benchmarks/detection.py --width 0.25 --head-blocks 4   # the paper's layout (4 head blocks)
-    .venv/bin/python benchmarks/detection.py --zero-init-residual none      # the init before 2026-11-23
+    .venv/bin/python benchmarks/detection.py --zero-init-residual none      # every norm at weight 1 (the released code's)
 
-Defaults (docs/benchmarks.md, issue 6, explains each): the searched detector
+Defaults (docs/benchmarks.md, Detection, explains each): the searched detector
 is built at width 0.4 with no searched box-head blocks (the FC reads the RoI
 features), because at 128 px the paper's 4 per-RoI head blocks take 57 % of
 the MACs and add no AP, so those MACs go to the backbone instead. Both
@@ -26,15 +26,15 @@ both`: the last BN weight of the block is 0), the same rule for both; without
 it, the searched backbone's 15 residual blocks start with gradient norms of
 50-200 that the clip at 35 cuts. Because the supernet's residual candidates
 also start as the identity, their alpha gets no detection gradient until the
-weights have trained: the search before the seventh session (1 epoch of 12
-steps, half a pass over each half, alpha from its first step) derived
-detectors of uneven quality (16-39 AP over seeds 0-4); 4 epochs of 24 steps
+weights have trained: a search of 1 epoch of 12 steps (half a pass over
+each half, alpha from its first step) derives detectors of uneven quality
+(16-39 AP over seeds 0-4); 4 epochs of 24 steps
 with the weight-only half first put the searched detector ahead of the
 baseline on 14 of 15 paired trainings over seeds 0-4 (the length does most
 of it: with `--arch-start-epoch 0`, 11 of 15, cheaper archs). With that
-schedule the paper's lambda = 0.01 works (the sixth session had dropped it
-to 0, because the short search followed only the MACs term); the baseline is matched to the derived detector's MACs
-either way. `--random-arch` replaces the search by a uniform sample of the
+schedule the paper's lambda = 0.01 works (a short search follows only the
+MACs term, which `--flops-lambda 0` avoids at the price of larger archs); the
+baseline is matched to the derived detector's MACs either way. `--random-arch` replaces the search by a uniform sample of the
 same space: a control for how much of the margin is the search's.
 The same-size MobileNetV2-FPN with torchvision's own initialisation is
 trained as well, as a third row (`--no-torchvision-init-row` skips it).
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     p.add_argument("--arch-lr", type=float, default=3e-3, help="the paper's 4e-4 barely moves in a few steps")
     p.add_argument("--flops-lambda", type=float, default=0.01,
                    help="weight of the search's normalised MACs term (the paper's 0.01; 0: detection loss only, "
-                        "which derives larger detectors, docs/benchmarks.md issue 6)")
+                        "which derives larger detectors, docs/benchmarks.md)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.02)

@@ -19,7 +19,7 @@ Variants change one thing at a time:
     # the baseline
     python benchmarks/detection_diag.py train --model mbv2 --wm 0.75 --mbv2-fpn 64
 
-More one-variable knobs (fifth session): `--zero-res none|backbone|all`
+More one-variable knobs: `--zero-res none|backbone|all`
 (the residual blocks' last BN weight at 0; the space's default is the
 backbone; for `--model mbv2` it zero-inits MobileNetV2's blocks), `--clip`
 (the gradient-norm clip, 35), `--act relu6`, `--bb-init mbv2`

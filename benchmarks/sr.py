@@ -22,7 +22,7 @@ prints the per-seed differences with their mean.
 
 The defaults (5 stem cells + 1 path cell of 3 ops, base width 16, a
 18-GMACs target, 3,000 training steps) are the run docs/benchmarks.md
-reports against issue 5's targets.
+reports.
 
 Prints one table; `--json PATH` also writes the rows.
 """

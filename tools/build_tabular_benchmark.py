@@ -340,7 +340,7 @@ def main(argv=None) -> int:
     print(f"cell201 x digits: {len(archs)} archs x seeds {args.seeds}: {total - len(todo)} runs done in "
           f"{args.work_dir}, {len(todo)} to train with {args.workers} workers")
     print(f"recipe: {json.dumps({k: v for k, v in recipes[args.seeds[0]].items() if k != 'space_config'})}")
-    clock = args.work_dir / "cell201_digits.wall_seconds.json"  # build wall time summed over sessions
+    clock = args.work_dir / "cell201_digits.wall_seconds.json"  # build wall time summed over the tool's runs
     spent = json.loads(clock.read_text()) if clock.exists() else {}
     start = time.time()
     files = {}

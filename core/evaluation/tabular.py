@@ -7,7 +7,7 @@ cell space once with one recipe, record the per-epoch curves, and let
 strategies query the table. The suite ships such a table for the `cell201`
 space on the embedded digits data (`core/data/cell201_digits.json.gz`, built
 by `tools/build_tabular_benchmark.py`; recipe and build time in its `meta`
-and in `docs/strategies.md (the tabular benchmark)`).
+and in docs/strategies.md, "The tabular benchmark").
 
 The table holds every arch trained with four seeds; `evaluate(arch)` returns
 the mean accuracy and validation loss over the seeds after `epoch` epochs (default: the last;
@@ -20,8 +20,7 @@ Which number to search on. On this table the validation cross-entropy is the
 reproducible signal: the mean loss of two seeds ranks the connected cells
 like the mean loss of the other two at Kendall tau 0.74, and predicts the
 other two seeds' *accuracy* better (0.59) than their own accuracy does (0.39)
-(docs/strategies.md, "The shipped table: four seeds, and the validation loss
-as the target"). The benchmarks therefore search and score on `val_loss`
+(docs/strategies.md, "Which number to search on"). The benchmarks therefore search and score on `val_loss`
 (objective `val_loss`, direction min); accuracy stays in every result.
 """
 

@@ -45,8 +45,8 @@ of the logits). On other spaces each choice takes its largest logit
 (`core.api.derive`), choices missing from the supernet keep their
 defaults, and the space's `check` canonicalises it.
 
-This is a gradient-based searcher, not ask/tell: `gradient_based = True`;
-the search tool calls `fit(None, data)` (a supernet is built from the space)
+This is a `core.oneshot.base.Searcher`, not ask/tell: `archforge search`
+calls `search(context)` -> `fit(None, data)` (a supernet is built from the space)
 and gets the derived `Arch`. `fit` checkpoints after each epoch when
 `checkpoint` is set, and resumes from it.
 """

@@ -64,8 +64,8 @@ of 20 steps. The reported ImageNet search used the SPOS/ProxylessNAS-style
 mobile space; the algorithm itself is space-agnostic and works on any space
 with `supernet()` (cell201, mobile, DARTS through `supernet_arch`).
 
-This is a one-shot searcher: `gradient_based = True`; the CLI calls
-`fit(None, data)`. `history`, `result` and `report()` keep what it did.
+This is a `core.oneshot.base.Searcher`: `archforge search` calls
+`search(context)`, which calls `fit(None, data)`. `history`, `result` and `report()` keep what it did.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ MB6_3x3), here `fixed_blocks: [5]` does that and the default searches every
 block; `max_paths` may score a seeded sample of a block's paths when there
 are too many (default: all).
 
-This is a gradient-based searcher (`gradient_based = True`): the search tool
-calls `fit(None, data)` and gets the chosen `Arch`; `history`, `scores` and
+This is a `core.oneshot.base.Searcher`: `archforge search` calls
+`search(context)`, which calls `fit(None, data)` and returns the chosen `Arch`; `history`, `scores` and
 `result` keep what it did, and `report()` is a JSON-able summary.
 """
 

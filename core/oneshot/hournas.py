@@ -65,8 +65,8 @@ objective's macs/params constraint; without one, every option is affordable
 and the proposal is uniform. MACs are counted on `data.input_shape` as the
 evaluators count them (`core.cost.count_macs`).
 
-This is a one-shot searcher: `gradient_based = True`; the CLI calls
-`fit(None, data)` and sets `checkpoint`: the phase-2 supernet training
+This is a `core.oneshot.base.Searcher`: `archforge search` calls
+`search(context)`, which sets `checkpoint` and calls `fit(None, data)`: the phase-2 supernet training
 saves to it and the phase-4 training to `<checkpoint>.proposal`, after every
 epoch; a rerun resumes both (the vital search, the proposal and the evolution
 are deterministic for a seed and cheap, so they are recomputed).

@@ -49,9 +49,9 @@ constraint on the resource metric (`macs <= 2e5`). When the budget cannot be
 reached (every layer at its smallest width, or `max_iterations`), the search
 stops, warns, and `result["met_budget"]` is False.
 
-This is not an ask/tell strategy: `gradient_based = True` marks the
-`fit(module, data) -> Arch` protocol (as `DartsSearcher`). The search tool
-calls `fit(None, data)`; it trains the super-network and runs MCD.
+This is not an ask/tell strategy but a `core.oneshot.base.Searcher`
+(`fit(module, data) -> Arch`, as `DartsSearcher`). `archforge search` calls
+`search(context)` -> `fit(None, data)`; it trains the super-network and runs MCD.
 `run(supernet, data)` runs MCD on an already trained super-network.
 `history` holds one row per MCD iteration, `training` one per epoch.
 """

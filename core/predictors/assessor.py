@@ -52,9 +52,9 @@ Our choices:
   Archs whose graph is a node get that node's prediction.
 - `ensemble` members (different seeds, and so different unlabelled subsets
   and graphs) are averaged.
-- Defaults were set on the shipped tabular benchmark (cell201 on digits):
-  Kendall tau 0.55 on held-out archs with 100 labelled, against 0.46 for
-  `MLPPredictor` (docs/strategies.md).
+- With these defaults, on the shipped tabular benchmark (cell201 on digits,
+  labels the validation loss): Kendall tau 0.709 on held-out archs with 100
+  labelled, against 0.551 for `MLPPredictor` (docs/strategies.md).
 """
 
 from __future__ import annotations

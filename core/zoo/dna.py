@@ -25,7 +25,7 @@ only option).
 4.9 / 5.3 / 6.4M). DNA-c fits the six-block space above exactly. DNA-a, -b and
 -d have other per-block layer counts (3,4,4,4,5,1 / 3,3,4,4,5,1 /
 3,4,4,4,5,1) and DNA-a/b other widths (96/160, 96/192); they come from the
-"multiple cells per block" variant the README refers to (issue #29), so they
+"multiple cells per block" variant the README refers to (the repository's issue #29), so they
 are expressed in DNA spaces with those block configurations (same teacher
 widths), which is our reconstruction of that variant.
 """

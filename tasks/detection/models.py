@@ -250,7 +250,7 @@ def build_detector(make: MakeFn, num_classes: int, detector: str = "faster_rcnn"
     starts as the identity; the released code starts every norm at 1 (it
     trains from an ImageNet-pretrained backbone). From scratch, weight 1
     gave the 15 residual backbone blocks first gradient norms of 50-200 and
-    less than half the AP on the shapes benchmark (docs/benchmarks.md, issue 6).
+    less than half the AP on the shapes benchmark (docs/benchmarks.md, Detection).
     """
     if init not in INITS:
         raise ValueError(f"init: expected one of {INITS}, got {init!r}")

@@ -106,7 +106,7 @@ def zero_init_residuals(module: nn.Module) -> int:
     and starts from an ImageNet-pretrained backbone; trained from scratch, its
     15 residual backbone blocks at weight 1 give a gradient norm of 50-200 at
     the first steps (MobileNetV2-FPN: 10-15), which the clip at 35 then cuts
-    (docs/benchmarks.md, detection diagnostics, fifth session).
+    (docs/benchmarks.md, detection diagnostics).
     """
     count = 0
     for m in module.modules():

@@ -18,7 +18,7 @@ weights have trained, alpha's gradient carries little signal (with zero-init res
 candidates, none at all, so a FLOPs term moves alpha alone). On the shapes
 benchmark a 4-epoch search with alpha from its first step derived cheaper
 detectors on 5 of 5 seeds, weaker on 3, than the same search with the
-weight-only half (docs/benchmarks.md, issue 6, seventh session).
+weight-only half (docs/benchmarks.md, Detection).
 
 Cost units: the paper does not state C's unit. Each candidate's MACs are
 counted once at its position (torch's FlopCounterMode, MACs = FLOPs / 2) on a
@@ -32,7 +32,7 @@ Optional screening (`screening: {...}`, `tasks.detection.screening`) first
 narrows each component to 8 candidates with the group lasso, then the search
 runs on those sub-spaces.
 
-Registered as strategy `hitdet` (`gradient_based = True`, `fit(None, data) -> Arch`);
+Registered as strategy `hitdet`, a `core.oneshot.base.Searcher` (`fit(None, data) -> Arch`);
 it checkpoints to `checkpoint` after every epoch and resumes from it.
 """
 

@@ -28,7 +28,7 @@ available to us, so the details come from the derivative code
   the cell and kernel levels only (`macs_pull: cells`, default; `all` also
   pulls gamma): the cheapest way to raise E[MACs] through gamma is a path with
   a cell after the upsampler, which buys MACs at scale^2 times their LR price.
-  Measured (docs/benchmarks.md, super-resolution): with `all`, 3 of 4 seeds
+  Measured (docs/tasks/super_resolution.md): with `all`, 3 of 4 seeds
   derived such a path (`UC`) and lost to MSRResNet at equal MACs; with
   `cells`, 4 of 4 kept every cell at LR. Above the target the push-down acts
   on all three levels. The derivative
@@ -50,7 +50,7 @@ available to us, so the details come from the derivative code
   supernet was computing at the end. `export()` gives it with the supernet's
   weights (search and training in one phase).
 
-`gradient_based = True`: `archforge search` calls `fit(None, data)`, which
+A `core.oneshot.base.Searcher`: `archforge search` calls `fit(None, data)`, which
 checkpoints to `checkpoint` after every epoch and resumes from it.
 """
 

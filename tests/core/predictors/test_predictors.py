@@ -2,8 +2,8 @@
 
 Synthetic targets with a known structure check that each model learns a
 ranking; the shipped tabular benchmark (cell201 on digits) checks the
-assessor's Kendall tau against the table with 100 labelled archs (issue 3's
-target: >= 0.6) and that the predictor-guided search beats random search on
+assessor's Kendall tau against the table with 100 labelled archs (target:
+>= 0.6) and that the predictor-guided search beats random search on
 the median of several seeds.
 """
 
@@ -236,9 +236,8 @@ def test_assessor_guided_search_beats_random_on_a_synthetic_target(space):
 
 def test_predictor_guided_search_end_to_end_on_the_tabular_benchmark(bench, tmp_path):
     """Search + journal + tabular evaluator, both models. The archs the model picks after the warm-up must be far
-    better than the table's average (what random search draws). Queries to the top 1%, 10 seeds, measured on the
-    shipped table: random 14.5, MLP-guided 26.5, assessor-guided 34.5 (its top 1% is a block of 23 tied archs that
-    random search hits early; see docs/strategies.md)."""
+    better than the table's average (what random search draws). Queries to the top 1% on the shipped table:
+    docs/strategies.md."""
     from core.journal import Journal
     from core.objective import Objective
     from core.search import Search
@@ -257,10 +256,10 @@ def test_predictor_guided_search_end_to_end_on_the_tabular_benchmark(bench, tmp_
 def test_assessor_kendall_tau_with_100_labelled_archs(bench):
     """Kendall tau on the 629 unlabelled archs of the table (100 labelled, median of 3 samples), next to the MLP.
 
-    Issue 3's target is tau >= 0.6 with 100 labelled archs. The labels are the table's validation loss (negated),
+    The target is tau >= 0.6 with 100 labelled archs. The labels are the table's validation loss (negated),
     what benchmarks/strategies.py searches on. Measured on the shipped four-seed table: assessor 0.724 / 0.702 /
     0.709 held-out (MLP 0.551 / 0.568 / 0.509); against the validation accuracy instead, 0.613 / 0.633 / 0.627
-    (MLP 0.504 / 0.522 / 0.404). On the earlier two-seed table the accuracy gave 0.562.
+    (MLP 0.504 / 0.522 / 0.404).
     """
     space = bench.space
     archs = bench.all_archs()

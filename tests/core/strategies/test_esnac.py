@@ -166,10 +166,10 @@ def test_esnac_runs_on_the_tabular_benchmark_and_finds_good_cells():
     """End to end on the tabular evaluator: 20 queries, 5 seeds; the arch each search returns (best validation
     accuracy) is ranked by the table's mean of validation and test accuracy (validation alone ties in groups).
 
-    On this table ESNAC does NOT beat random search at small budgets (docs/strategies.md, ESNAC: with the
-    test's small surrogate it settles on a plateau of tied cells at rank 27 of 729); what is checked here is
-    that it runs on the table and returns cells from the top 10 %, far above a random cell (median rank 365),
-    which a broken acquisition (a sign error in EI, a kernel that ignores the data) would not.
+    With the test's small surrogate ESNAC does NOT beat random search on this table at small budgets (it
+    settles on a plateau of tied cells at rank 27 of 729); what is checked here is that it runs on the table
+    and returns cells from the top 10 %, far above a random cell (median rank 365), which a broken acquisition
+    (a sign error in EI, a kernel that ignores the data) would not.
     """
     tab = _table_or_skip()
     quality = {a: (tab.value(a, "val") + tab.value(a, "test")) / 2 for a in tab.all_archs()}

@@ -146,9 +146,7 @@ def test_pnas_beats_random_on_a_synthetic_target(space):
 
 def test_pnas_end_to_end_on_the_tabular_benchmark(bench, tmp_path):
     """Search + journal + tabular evaluator. The surrogate's top K of each level must be better, by the table, than
-    the expansions it ranked. Queries to the top 1% (10 seeds, defaults) measured on the shipped table: random 14.5,
-    PNAS 70.5: its top 1% is a block of 23 tied archs, mostly with `none` edges, that random search hits early
-    while PNAS spends 3 + K queries on partial cells; see docs/strategies.md."""
+    the expansions it ranked. Queries to the top 1% on the shipped table: docs/strategies.md."""
     space = bench.space
     strategy = PNAS(space, seed=0, beam_size=8, **FAST)
     with Journal(tmp_path / "pnas.sqlite") as journal:

@@ -118,7 +118,7 @@ def test_official_init_follows_the_released_code_and_torch_is_the_default():
 def test_residual_backbone_blocks_start_as_the_identity_by_default():
     # zero_init_residual (default): the last BN of every residual backbone op starts at weight 0, so each
     # residual block is the identity at init (trained from scratch with weight 1, the searched backbone's
-    # gradient norm started at 50-200 and the clip at 35 cut the first steps; docs/benchmarks.md, issue 6)
+    # gradient norm started at 50-200 and the clip at 35 cut the first steps; docs/benchmarks.md, Detection)
     from torch import nn
 
     from tasks.detection.baselines import mobilenetv2_fpn_faster_rcnn
