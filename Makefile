@@ -1,4 +1,4 @@
-# Two commands: `make demo` runs the quickstart, `make test` runs the test suite.
+# Two commands: `make demo` runs the quickstart, `make test` runs the test suite (`make test-fast` skips the slow tests).
 # Both create .venv when missing and (re)install only when setup.cfg changed.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= test,export,detection,mmdet,sr,face,translation
 
-.PHONY: demo test install clean bench
+.PHONY: demo test test-fast install clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# the suite without the statistical and end-to-end tests marked `slow` (a couple of minutes on 2 cores)
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/search_overhead.py
