@@ -1,8 +1,11 @@
 """`archforge search|train|test|export|profile CONFIG [key=value ...]`.
 
 Every command prints what it will do, shows progress, and ends with a short
-table. User mistakes (a bad key, a wrong type, a missing path) end with one
-line naming the problem and exit code 2; set ARCHFORGE_DEBUG=1 for a traceback.
+table. User mistakes (a bad key, a wrong type, a missing path, a damaged data
+file, checkpoint or journal) end with one line naming the problem and exit
+code 2, before a run folder is written; set ARCHFORGE_DEBUG=1 for a
+traceback. A search that finds nothing feasible exits 1 with the most common
+reasons; Ctrl-C exits 130 and says how to resume.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import importlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,23 +27,29 @@ from core.search import ResumeError
 
 COMMANDS = ("search", "train", "test", "export", "profile")
 
+#: what the running command has set up, for the message after Ctrl-C (the run folder to resume)
+_STATE: dict[str, Any] = {}
+
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def load_task(cfg: dict[str, Any]):
+def load_task(cfg: dict[str, Any], build: bool = True):
     """Import `tasks.<task>` (a plug-in import by name: core never imports a task statically)."""
     name = cfg.get("task")
     if not name:
         raise ConfigError("task: missing; e.g. task: classification")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"task: expected a task name (classification, detection, ...), got {name!r}")
     try:
         importlib.import_module(f"tasks.{name}")
     except ModuleNotFoundError as err:
         if err.name and (err.name == f"tasks.{name}" or err.name == "tasks"):
             raise ConfigError(f"task: unknown task {name!r} (no package tasks/{name})") from None
         raise
-    return TASKS.get(name, "task")(cfg)
+    task_cls = TASKS.get(name, "task")
+    return task_cls(cfg) if build else task_cls
 
 
 # -- shared steps ----------------------------------------------------------------------------
@@ -51,18 +61,29 @@ def _read_arch(path: str, key: str):
         raise FileNotFoundError(f"{key}: arch file not found: {p}")
     try:
         return Arch.from_json(p.read_text())
-    except (json.JSONDecodeError, ValueError, TypeError) as err:
-        raise ConfigError(f"{key}: {p} is not an arch JSON file ({err})") from None
+    except (json.JSONDecodeError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{key}: {p} is not an arch JSON file ({str(err).splitlines()[0]})") from None
+
+
+def _check_arch(space, arch, key: str, source: Any):
+    try:
+        return space.check(arch)
+    except (ValueError, KeyError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise ConfigError(f"{key}: {source} is not an arch of this space ({message})") from None
 
 
 def _arch_from_config(cfg, task, space, data, key: str):
     """An arch file path, a baseline name, or nothing (the space's default arch)."""
+    from core.engine.validate import check_arch_origin, resolve_baseline
+
     value = _dig(cfg, key)
     if not value:
         return space.default(), "default"
-    if Path(value).suffix == ".json" or Path(value).exists():
-        return space.check(_read_arch(value, key)), Path(value).stem
-    return task.baseline(value, space, data), value
+    if Path(str(value)).suffix == ".json" or Path(str(value)).exists():
+        check_arch_origin(value, cfg, key, getattr(task, "model_options", ()))
+        return _check_arch(space, _read_arch(value, key), key, value), Path(value).stem
+    return resolve_baseline(task, str(value), space, data, key), value
 
 
 def _dig(cfg: dict, dotted: str):
@@ -85,88 +106,207 @@ def _cost_row(model, example, latency: bool, threads: int = 1, repeats: int = 30
 def save_model(path: Path, cfg, arch, model, metrics: dict[str, float]) -> None:
     from core.engine.runs import save_checkpoint
 
-    clean_cfg = {k: v for k, v in cfg.items() if k != "_source_"}
+    clean_cfg = {k: v for k, v in cfg.items() if not (k.startswith("_") and k.endswith("_"))}
     save_checkpoint(path, {"arch": arch.to_dict(), "state_dict": model.state_dict(), "config": clean_cfg,
                            "metrics": {k: float(v) for k, v in metrics.items()}, "format": "archforge-model-1"})
 
 
-def load_model(path: str, key: str):
-    """Rebuild a trained model from `model.pt` (weights_only load; the config travels inside)."""
+def load_model(path: str, key: str, current: dict[str, Any] | None = None):
+    """Rebuild a trained model from `model.pt` (weights_only load; the config travels inside).
+
+    With `current` (the command line's config), the network comes from the checkpoint and everything else
+    (data, test, export, the task's other options) from the command line (`validate.checkpoint_config`).
+    """
     from core.engine.config import validate
     from core.engine.runs import load_checkpoint
+    from core.engine.validate import checkpoint_config
     from core.space import Arch
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"{key}: checkpoint not found: {p}")
-    payload = load_checkpoint(p)
-    if payload.get("format") != "archforge-model-1":
-        raise ConfigError(f"{key}: {p} is not an archforge model checkpoint")
-    cfg = validate(payload["config"], source=str(p))
+    payload = load_checkpoint(p, key)
+    if not isinstance(payload, dict) or payload.get("format") != "archforge-model-1" \
+            or not isinstance(payload.get("config"), dict):
+        raise ConfigError(f"{key}: {p} is a checkpoint, but not an archforge model (model.pt from train or search)")
+    saved = payload["config"]
+    if current is not None:
+        task_cls = load_task({"task": saved.get("task")}, build=False)
+        merged = checkpoint_config(saved, current, str(p), key, getattr(task_cls, "model_options", ()))
+        cfg = validate(merged, source=current.get("_source_", str(p)))
+    else:
+        cfg = validate(saved, source=str(p))
     task = load_task(cfg)
     data = task.data()
     space = task.space(data)
-    arch = space.check(Arch(payload["arch"]))
-    model = space.build(arch, num_classes=data.num_classes) if "num_classes" in task.space_overrides(data) else space.build(arch)
-    model.load_state_dict(payload["state_dict"])
+    arch = _check_arch(space, Arch(payload["arch"]), key, p)
+    model = space.build(arch, num_classes=data.num_classes) if "num_classes" in task.space_overrides(data) \
+        else space.build(arch)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise ConfigError(f"{key}: the weights in {p} do not fit the network its config builds here "
+                          f"({str(err).splitlines()[0][:160]})") from None
     model.eval()
+    if current is not None and saved.get("data") != cfg.get("data"):
+        _log(f"data: {cfg.get('data')} from the command line (the checkpoint was trained on {saved.get('data')})")
     return cfg, task, data, space, arch, model
 
 
 # -- commands ----------------------------------------------------------------------------------
-def cmd_search(cfg, progress: bool, resume: str | None) -> int:
-    from core.engine.runs import make_run_dir, seed_everything, write_json
-    from core.executors import make_executor
-    from core.journal import Journal
+def _objective(cfg):
     from core.objective import Objective
+
+    try:
+        return Objective.from_config(**cfg["objective"])
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        message = str(err)
+        key = "objective.pareto" if "objective.pareto" in message else \
+            "objective.direction" if "objective.direction" in message else "objective.constraints"
+        raise ConfigError(message if message.startswith(key) else f"{key}: {message}") from None
+
+
+def _new_run_dir(cfg, kind: str) -> Path:
+    from core.engine.runs import make_run_dir
+
+    run_dir = make_run_dir(cfg, kind)
+    dump_config(cfg, run_dir / "config.yaml")
+    _STATE["run_dir"], _STATE["fresh"] = run_dir, True
+    return run_dir
+
+
+def _discard_if_unused(run_dir: Path) -> None:
+    """A run folder this process created that holds nothing but its config (and an empty journal) is removed
+    when the command fails, so failed starts leave nothing behind."""
+    import sqlite3
+
+    leftovers = {"config.yaml", "journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm", "journal.sqlite.lock"}
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+    except OSError:
+        return
+    if not names <= leftovers:
+        return
+    journal = run_dir / "journal.sqlite"
+    if journal.is_file() and journal.stat().st_size > 0:
+        try:
+            with sqlite3.connect(journal) as db:
+                if db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]:
+                    return
+        except sqlite3.DatabaseError:
+            return
+    for name in names:
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass
+
+
+def cmd_search(cfg, progress: bool, resume: str | None) -> int:
+    from core.engine.runs import seed_everything
+    from core.engine.validate import check_objective_metrics, resolve_baselines
+    from core.executors import make_executor
+    from core.journal import Journal, RunLock
     from core.search import Search
 
     seed_everything(cfg["seed"])
     task = load_task(cfg)
-    data = task.data()
-    space = task.space(data)
-    objective = Objective.from_config(**cfg["objective"])
+    objective = _objective(cfg)
     if not cfg.get("strategy"):
         raise ConfigError("strategy: missing section; e.g. strategy: {name: evolution}")
-    strategy = STRATEGIES.build(cfg["strategy"], "strategy", space=space, seed=cfg["seed"], objective=objective)
+    STRATEGIES.check(cfg["strategy"], "strategy", provided=("space", "seed", "objective"))
     if resume:
-        run_dir = Path(resume)
+        run_dir = Path(resume).expanduser()
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"--resume: run folder not found: {run_dir}")
         if not (run_dir / "journal.sqlite").is_file() and not (run_dir / "searcher.pt").is_file():
             raise FileNotFoundError(f"--resume: no journal.sqlite or searcher.pt in {run_dir}")
-    else:
-        run_dir = make_run_dir(cfg, "search")
-        dump_config(cfg, run_dir / "config.yaml")
+        _STATE["run_dir"] = run_dir
+    data = task.data()
+    space = task.space(data)
+    strategy = STRATEGIES.build(cfg["strategy"], "strategy", space=space, seed=cfg["seed"], objective=objective)
     one_shot = getattr(strategy, "gradient_based", False)
+    if cfg["retrain"]["enabled"]:  # every baseline name resolves now, not after the search
+        resolve_baselines(task, cfg["retrain"]["baselines"], space, data, searched=space.default())
     budget = "one-shot" if one_shot else f"budget {cfg['search']['budget']}"
-    _log(f"search: {type(strategy).__name__} over {type(space).__name__} ({space.size():.3g} archs) on "
-         f"{data.name}, {budget}, objective {objective.direction} {objective.metric}"
-         + "".join(f", {c}" for c in objective.constraints))
-    _log(f"run folder: {run_dir}")
+    header = (f"search: {type(strategy).__name__} over {type(space).__name__} ({space.size():.3g} archs) on "
+              f"{data.name}, {budget}, objective {objective.direction} {objective.metric}"
+              + "".join(f", {c}" for c in objective.constraints))
     if one_shot:
-        return _one_shot_search(cfg, task, data, space, strategy, run_dir, progress)
-    evaluator = task.evaluator(space, data)  # after the one-shot branch: a supernet evaluator trains on creation
-    journal = Journal(run_dir / "journal.sqlite", durability=cfg["search"]["journal_durability"])
-    if getattr(strategy, "multi_fidelity", False) and callable(getattr(strategy, "run", None)):
+        lock = None
+        if resume:
+            lock = RunLock(run_dir / "searcher.pt.lock", str(run_dir))
+        else:
+            run_dir = _new_run_dir(cfg, "search")
+        _log(header)
+        _log(f"run folder: {run_dir}")
         try:
-            return _multi_fidelity_search(cfg, task, data, space, strategy, evaluator, journal, run_dir, progress)
+            return _one_shot_search(cfg, task, data, space, strategy, objective, run_dir, progress)
         finally:
-            journal.close()
+            if lock is not None:
+                lock.release()
+    check_objective_metrics(objective, task.check_evaluator(), str(task.evaluator_section().get("name")))
+    executor = make_executor(cfg["search"]["executor"])
+    durability = cfg["search"]["journal_durability"]
+    journal = Journal(run_dir / "journal.sqlite", durability, must_exist=True) if resume else None
     try:
+        evaluator = task.evaluator(space, data)  # may train a supernet: after every check above
+        if journal is None:
+            run_dir = _new_run_dir(cfg, "search")
+            journal = Journal(run_dir / "journal.sqlite", durability)
+        _log(header)
+        _log(f"run folder: {run_dir}")
+        if getattr(strategy, "multi_fidelity", False) and callable(getattr(strategy, "run", None)):
+            return _multi_fidelity_search(cfg, task, data, space, strategy, evaluator, journal, run_dir, progress)
         summary = Search(space, strategy, evaluator, objective, journal, budget=cfg["search"]["budget"],
-                         executor=make_executor(cfg["search"]["executor"]), batch_size=cfg["search"]["batch_size"],
-                         progress=progress).run()
+                         executor=executor, batch_size=cfg["search"]["batch_size"], progress=progress,
+                         max_rejected=cfg["search"]["max_rejected"]).run()
     finally:
-        journal.close()
+        if journal is not None:
+            journal.close()
+    _STATE["fresh"] = False
     _write_search_outputs(run_dir, summary, objective)
     if summary.best_arch is None:
-        _log("no feasible architecture was found; see journal.sqlite for each trial's status")
-        return 1
+        from core.engine.validate import failure_summary
+
+        message = summary.stop_reason or failure_summary(objective, [r for _, r in summary.trials])
+        print(f"archforge search: {message}", file=sys.stderr, flush=True)
+        return 2 if summary.stop_reason else 1
+    if summary.stop_reason:
+        _log(f"search stopped early: {summary.stop_reason}")
     if cfg["retrain"]["enabled"]:
         _retrain(cfg, task, data, space, summary.best_arch, run_dir, progress)
     return 0
 
 
-def _one_shot_search(cfg, task, data, space, strategy, run_dir: Path, progress: bool) -> int:
+def _check_derived(cfg, task, data, space, arch, objective) -> dict[str, Any]:
+    """The derived network's own costs against the objective's constraints: a one-shot searcher steers the
+    relaxed supernet's expected cost, so the network it derives can land over a printed limit; say by how much."""
+    metrics = {k: float(v) for k, v in _cost_row(space.build(arch, **_build_kwargs(task, data)),
+                                                  task.example_input(data), latency=False).items()}
+    for c in objective.constraints:
+        if c.metric not in metrics:
+            continue
+        value = metrics[c.metric]
+        if c.satisfied(metrics):
+            _log(f"derived network: {c.metric} = {value:.4g}, within {c}")
+        else:
+            over = (value / c.bound - 1) * 100 if c.bound else math.inf
+            why = getattr(task, "constraint_note", None) or ""
+            _log(f"derived network: {c.metric} = {value:.4g}, over the objective's {c} by {over:.1f}%: the search "
+                 "held the supernet's expected cost near the limit, and the network derived from it (the most "
+                 f"likely op at every choice) costs more{why}")
+    return metrics
+
+
+def _build_kwargs(task, data) -> dict[str, Any]:
+    return {"num_classes": data.num_classes} if "num_classes" in task.space_overrides(data) else {}
+
+
+def _one_shot_search(cfg, task, data, space, strategy, objective, run_dir: Path, progress: bool) -> int:
     """Gradient-based and one-shot searchers (DARTS, DNA, NetAdaptV2, ...): `fit(None, data) -> Arch`.
 
     They checkpoint to `run_dir/searcher.pt` after each epoch, so `--resume RUN_DIR` continues them.
@@ -179,6 +319,7 @@ def _one_shot_search(cfg, task, data, space, strategy, run_dir: Path, progress: 
         strategy.progress = progress
     start = time.perf_counter()
     arch = space.check(strategy.fit(None, data))
+    _STATE["fresh"] = False
     atomic_write_text(run_dir / "best_arch.json", arch.to_json(indent=2) + "\n")
     report = {"best_arch_key": arch.key, "seconds": time.perf_counter() - start,
               "searcher": type(strategy).__name__}
@@ -188,8 +329,13 @@ def _one_shot_search(cfg, task, data, space, strategy, run_dir: Path, progress: 
             report[name] = value
     if callable(getattr(strategy, "report", None)):
         report["report"] = strategy.report()
-    write_json(run_dir / "search.json", report)
     _log(f"\n{type(strategy).__name__} derived {arch.key} in {report['seconds']:.1f} s")
+    if objective.constraints:
+        derived = _check_derived(cfg, task, data, space, arch, objective)
+        report["derived_metrics"] = derived
+        report["derived_within_constraints"] = all(c.satisfied(derived) for c in objective.constraints
+                                                   if c.metric in derived)
+    write_json(run_dir / "search.json", report)
     _log(f"outputs: {run_dir}/best_arch.json, search.json, searcher.pt")
     if cfg["retrain"]["enabled"]:
         _retrain(cfg, task, data, space, arch, run_dir, progress)
@@ -211,8 +357,10 @@ def _multi_fidelity_search(cfg, task, data, space, strategy, evaluator, journal,
         journal.record(arch, result, fingerprint)
 
     summary = strategy.run(evaluator, budget_epochs=cfg["search"]["budget"], on_result=record)
+    _STATE["fresh"] = False
     if summary.best_arch is None:
-        _log("no feasible architecture was found; see journal.sqlite for each evaluation")
+        print("archforge search: no feasible architecture was found; see journal.sqlite for each evaluation",
+              file=sys.stderr, flush=True)
         return 1
     atomic_write_text(run_dir / "best_arch.json", summary.best_arch.to_json(indent=2) + "\n")
     write_json(run_dir / "search.json", {
@@ -249,7 +397,8 @@ def _write_search_outputs(run_dir: Path, summary, objective) -> None:
         "best_arch_key": summary.best_arch.key if summary.best_arch else None,
         "best_metrics": summary.best_result.metrics if summary.best_result else None,
         "trials": len(summary.trials), "evaluations": summary.evaluations, "replayed": summary.replayed,
-        "failed": failed, "infeasible": summary.infeasible, "seconds": summary.seconds})
+        "failed": failed, "infeasible": summary.infeasible, "seconds": summary.seconds,
+        "stop_reason": summary.stop_reason})
     _log(f"\n{len(summary.trials)} trials ({summary.evaluations} evaluated now, {summary.replayed} replayed "
          f"from the journal, {failed} failed, {summary.infeasible} over a constraint before training) "
          f"in {summary.seconds:.1f} s")
@@ -263,20 +412,25 @@ def _retrain(cfg, task, data, space, best_arch, run_dir: Path, progress: bool) -
     """Train the best arch and each baseline with the `train` recipe, test them, print one table."""
     from core.engine.report import table
     from core.engine.runs import seed_everything, write_json
+    from core.engine.validate import resolve_baselines
 
-    entries = [("searched", best_arch)] + [(b, task.baseline(b, space, data)) for b in cfg["retrain"]["baselines"]]
+    baselines = resolve_baselines(task, cfg["retrain"]["baselines"], space, data, searched=best_arch)
+    entries = [("searched", best_arch)] + list(zip(cfg["retrain"]["baselines"], baselines))
     rows = []
     example = task.example_input(data)
     for label, arch in entries:
-        _log(f"\ntraining {label} ({arch.key}) for {cfg['train']['epochs']} epochs")
         seed_everything(cfg["seed"])
-        model = space.build(arch, num_classes=data.num_classes)
+        model = space.build(arch, **_build_kwargs(task, data))
+        if any(p.requires_grad for p in model.parameters()):
+            _log(f"\ntraining {label} ({arch.key}) for {cfg['train']['epochs']} epochs")
+        else:
+            _log(f"\n{label} ({arch.key}) has no weights to train: testing it as it is")
         out_dir = run_dir / label
         task.train(model, data, out_dir, progress)
         metrics = task.test(model, data, out_dir)
         save_model(out_dir / "model.pt", cfg, arch, model, metrics)
         rows.append({"model": label, "arch": arch.key, **_cost_row(model, example, latency=True), **metrics})
-    columns = ["model", "arch", "params", "macs", "latency_ms", *task.table_metrics]
+    columns = ["model", "arch", "params", "macs", "latency_ms", *task.table_columns(rows)]
     write_json(run_dir / "metrics.json", rows)
     _log("\n" + table(rows, columns))
     _log(f"checkpoints: {run_dir}/<model>/model.pt; metrics: {run_dir}/metrics.json")
@@ -284,23 +438,21 @@ def _retrain(cfg, task, data, space, best_arch, run_dir: Path, progress: bool) -
 
 def cmd_train(cfg, progress: bool) -> int:
     from core.engine.report import table
-    from core.engine.runs import make_run_dir, seed_everything, write_json
+    from core.engine.runs import atomic_write_text, seed_everything, write_json
 
     seed_everything(cfg["seed"])
     task = load_task(cfg)
     data = task.data()
     space = task.space(data)
     arch, label = _arch_from_config(cfg, task, space, data, "train.arch")
-    run_dir = make_run_dir(cfg, "train")
-    dump_config(cfg, run_dir / "config.yaml")
+    model = space.build(arch, **_build_kwargs(task, data))
+    run_dir = _new_run_dir(cfg, "train")
     _log(f"train: {label} ({arch.key}) on {data.name} for {cfg['train']['epochs']} epochs -> {run_dir}")
-    model = space.build(arch, num_classes=data.num_classes)
     val = task.train(model, data, run_dir, progress)
+    _STATE["fresh"] = False
     metrics = {f"val_{k}": v for k, v in val.items()}
     save_model(run_dir / "model.pt", cfg, arch, model, metrics)
     write_json(run_dir / "metrics.json", metrics)
-    from core.engine.runs import atomic_write_text
-
     atomic_write_text(run_dir / "arch.json", arch.to_json(indent=2) + "\n")
     row = {"arch": arch.key, **_cost_row(model, task.example_input(data), latency=False), **metrics}
     _log("\n" + table([row], list(row)))
@@ -312,7 +464,7 @@ def _checkpoint_arg(cfg, key: str) -> str:
     value = _dig(cfg, key)
     if not value:
         raise ConfigError(f"{key}: missing; pass {key}=path/to/model.pt")
-    return value
+    return str(value)
 
 
 def cmd_test(cfg, progress: bool) -> int:
@@ -320,10 +472,9 @@ def cmd_test(cfg, progress: bool) -> int:
     from core.engine.runs import write_json
 
     path = _checkpoint_arg(cfg, "test.checkpoint")
-    _, task, data, space, arch, model = load_model(path, "test.checkpoint")
-    task.cfg["test"] = cfg["test"]
+    _, task, data, space, arch, model = load_model(path, "test.checkpoint", cfg)
     out_dir = Path(path).expanduser().parent
-    _log(f"test: {arch.key} from {path} on {data.name} ({len(data.test)} samples)")
+    _log(f"test: {arch.key} from {path} on {task.describe_test(data)}")
     metrics = task.test(model, data, out_dir)
     row = {"arch": arch.key, **_cost_row(model, task.example_input(data), latency=True), **metrics}
     write_json(out_dir / "test_metrics.json", row)
@@ -337,7 +488,7 @@ def cmd_export(cfg, progress: bool) -> int:
     from core.engine.report import table
 
     path = _checkpoint_arg(cfg, "export.checkpoint")
-    _, task, data, space, arch, model = load_model(path, "export.checkpoint")
+    _, task, data, space, arch, model = load_model(path, "export.checkpoint", cfg)
     out_dir = Path(path).expanduser().parent
     _log(f"export: {arch.key} from {path} as {', '.join(cfg['export']['formats'])}")
     rows = export_model(model, task.example_input(data), out_dir, cfg["export"]["formats"],
@@ -354,8 +505,9 @@ def cmd_profile(cfg, progress: bool) -> int:
     space = task.space(data)
     prof = cfg["profile"]
     arch, label = _arch_from_config(cfg, task, space, data, "profile.arch")
-    model = space.build(arch, num_classes=data.num_classes)
-    example = task.example_input(data).expand(prof["batch"], *data.input_shape).contiguous()
+    model = space.build(arch, **_build_kwargs(task, data))
+    example = task.example_input(data)
+    example = example.expand(prof["batch"], *example.shape[1:]).contiguous()
     _log(f"profile: {label} ({arch.key}), input {tuple(example.shape)}, {prof['threads']} thread(s)")
     row = {"arch": arch.key, **_cost_row(model, example, True, prof["threads"], prof["repeats"])}
     _log("\n" + table([row], list(row)))
@@ -363,26 +515,84 @@ def cmd_profile(cfg, progress: bool) -> int:
     return 0
 
 
+def _set_threads(cfg) -> int:
+    """torch's intra-op threads from `threads` (default: `validate.default_threads()`)."""
+    import torch
+
+    from core.engine.validate import default_threads
+
+    n = int(cfg.get("threads") or default_threads())
+    torch.set_num_threads(n)
+    return n
+
+
+def _resume_hint(args) -> str:
+    run_dir = _STATE.get("run_dir")
+    if args.command != "search" or run_dir is None:
+        return "interrupted; nothing was kept to resume from: run the command again"
+    words = ["archforge", "search", args.config, *args.overrides, "--resume", str(run_dir)]
+    return "interrupted; continue with: " + " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="archforge", description="Search, train, test, export and profile "
                                      "compact vision networks from one YAML config.")
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("config", help="YAML config (see configs/)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. search.budget=50")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. search.budget=50 threads=4")
     parser.add_argument("--resume", metavar="RUN_DIR", help="search: continue the search journaled in RUN_DIR")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     progress = not args.no_progress and not os.environ.get("ARCHFORGE_NO_PROGRESS")
+    _STATE.clear()
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    try:
+        return _run(args, progress)
+    except KeyboardInterrupt:
+        print(f"\narchforge {args.command}: {_resume_hint(args)}", file=sys.stderr, flush=True)
+        return 130
+    except SystemExit as exit_:
+        if interrupted:  # Lightning turns Ctrl-C into sys.exit(1) after its own clean-up
+            print(f"\narchforge {args.command}: {_resume_hint(args)}", file=sys.stderr, flush=True)
+            return 130
+        raise exit_
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _run(args, progress: bool) -> int:
+    from core.engine.data import DataError
+    from core.engine.runs import CheckpointError
+    from core.journal import JournalError
+
     try:
         cfg = load_config(args.config, args.overrides)
+        _set_threads(cfg)
         if args.command == "search":
             return cmd_search(cfg, progress, args.resume)
         return {"train": cmd_train, "test": cmd_test, "export": cmd_export, "profile": cmd_profile}[args.command](
             cfg, progress)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, ResumeError) as err:
+    except (ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, KeyError,
+            ResumeError, JournalError, DataError, CheckpointError) as err:
+        if _STATE.get("fresh") and _STATE.get("run_dir"):
+            _discard_if_unused(_STATE["run_dir"])
         if os.environ.get("ARCHFORGE_DEBUG"):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        message = " ".join(str(message).split()) or type(err).__name__
         print(f"archforge {args.command}: error: {message}", file=sys.stderr)
         return 2
 

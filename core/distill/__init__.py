@@ -9,9 +9,11 @@ from core.distill.losses import (DISTILL_LOSSES, ATTerm, CETerm, DistillTerm, Hi
                                  at_loss, attention_map, feature_mmd, kd_loss, mmd)
 from core.distill.multistep import MultiStepDistillation, StageRecord, make_optimizer, train_distiller
 from core.distill.taps import Taps, parse_tap, resolve_module
-from core.distill.teachers import SmallCNN, StagedTeacher, freeze_teacher, load_state, load_teacher
+from core.distill.teachers import (SmallCNN, StagedTeacher, check_teacher_spec, freeze_teacher, load_state,
+                                   load_teacher, register_teacher)
 
 __all__ = ["Taps", "parse_tap", "resolve_module", "Distiller", "TermSpec", "build_term", "DISTILL_LOSSES",
            "DistillTerm", "KDTerm", "CETerm", "HintTerm", "ATTerm", "MMDTerm", "NSTTerm", "kd_loss", "at_loss",
            "attention_map", "mmd", "feature_mmd", "MultiStepDistillation", "StageRecord", "train_distiller",
-           "make_optimizer", "load_teacher", "load_state", "freeze_teacher", "StagedTeacher", "SmallCNN"]
+           "make_optimizer", "load_teacher", "load_state", "register_teacher", "check_teacher_spec", "freeze_teacher",
+           "StagedTeacher", "SmallCNN"]

@@ -10,6 +10,12 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 
+class DataError(ValueError):
+    """A data file that cannot be read as what it should be (a corrupt image, a truncated record, a refused
+    pickle). The message names the file (and the record or entry); a search stops on it rather than failing
+    every candidate the same way."""
+
+
 @dataclass
 class DataSplits:
     """Train / validation / test sets of one dataset plus what models need to know about it.

@@ -26,6 +26,8 @@ class Task:
     #: a dataclass of the task's own options, read from the config section named after the task
     #: (e.g. `super_resolution: {scale: 2}`); unknown keys and wrong types fail with the key's name
     Options: type | None = None
+    #: keys of the task's section that define the network (a saved model keeps them; see `checkpoint_config`)
+    model_options: tuple[str, ...] = ()
 
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
@@ -55,15 +57,40 @@ class Task:
         extra = {k: v for k, v in self.space_overrides(data).items() if k not in section}
         return SPACES.build(section, "space", **extra)
 
-    def evaluator(self, space: SearchSpace, data: DataSplits) -> Evaluator:
-        section = self.cfg.get("evaluator") or {"name": "train"}
-        return EVALUATORS.build(section, "evaluator", space=space, data=data)
+    def evaluator_section(self) -> dict[str, Any]:
+        return dict(self.cfg.get("evaluator") or {"name": "train"})
 
-    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+    def check_evaluator(self) -> set[str] | None:
+        """Check the evaluator section without building the evaluator (building one may train a supernet);
+        return the metric names its results will hold (None: not declared)."""
+        section = self.evaluator_section()
+        target = EVALUATORS.check(section, "evaluator", provided=("space", "data"))
+        names = getattr(target, "metric_names", None)
+        return names(section) if callable(names) else None
+
+    def evaluator(self, space: SearchSpace, data: DataSplits) -> Evaluator:
+        return EVALUATORS.build(self.evaluator_section(), "evaluator", space=space, data=data)
+
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits, searched: Arch | None = None) -> Arch:
+        """A named baseline arch of `space`; `searched` is the searched arch when a baseline is sized to it."""
         raise ConfigError(f"retrain.baselines: task {self.name!r} has no baseline {name!r}")
 
     def example_input(self, data: DataSplits) -> torch.Tensor:
         return torch.randn(1, *data.input_shape)
+
+    def describe_test(self, data: DataSplits) -> str:
+        """What `archforge test` tests on, in words (printed before it starts)."""
+        return f"{data.name} ({len(data.test)} test samples)"
+
+    def table_columns(self, rows: list[dict[str, Any]]) -> list[str]:
+        """The metric columns of a final table: each of `table_metrics`, or, when the rows hold one value per
+        test set (`<set>_<metric>`), one column per set instead of the pooled value."""
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        columns = []
+        for metric in self.table_metrics:
+            per_set = [k for k in keys if k.endswith(f"_{metric}") and k != metric]
+            columns += per_set or [metric]
+        return columns
 
     # -- what each task implements --------------------------------------------------------
     def train(self, model: nn.Module, data: DataSplits, run_dir: Path, progress: bool = True) -> dict[str, float]:

@@ -92,6 +92,8 @@ def state_digest(module: nn.Module) -> str:
 class SupernetEvaluator(Evaluator):
     """Weight inheritance from a SPOS supernet with BN recalibration (see the module docstring)."""
 
+    metrics = ("accuracy", "top5", "val_loss", "params", "macs")
+
     def __init__(self, space: SearchSpace, data: DataSplits, supernet: str | nn.Module | None = None,
                  epochs: int = 10, train: dict | None = None, checkpoint: str | None = None, bn_batches: int = 4,
                  bn_batch_size: int = 64, batch_size: int = 256, path: str = "auto", seed: int = 0,

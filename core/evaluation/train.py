@@ -69,6 +69,8 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, resize: int | None
 
 @EVALUATORS.register("train")
 class TrainEvaluator(Evaluator):
+    metrics = ("accuracy", "top5", "val_loss", "params", "macs")
+
     def __init__(self, space: SearchSpace, data: DataSplits, epochs: int = 3, batch_size: int = 64, lr: float = 0.05,
                  momentum: float = 0.9, weight_decay: float = 4e-5, channel_divisor: int = 1,
                  resolution_divisor: int = 1, sample_ratio: float = 1.0, seed: int = 0, threads: int | None = 1,

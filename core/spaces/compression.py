@@ -60,6 +60,7 @@ from torch.utils.data import DataLoader, Subset
 from core.cost import count_macs, count_params
 from core.engine.data import DataSplits
 from core.engine.registry import EVALUATORS, SPACES, ConfigError
+from core.engine.registry import TEACHERS as DISTILL_TEACHERS
 from core.evaluation.base import Evaluator
 from core.evaluation.result import Result
 from core.space import Arch, Choice, SearchSpace
@@ -118,6 +119,7 @@ def digits_cnn(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
 
 
 TEACHERS = {"digits_cnn": digits_cnn}
+DISTILL_TEACHERS.register("digits_cnn", digits_cnn)  # also a teacher for `load_teacher` specs
 """name -> builder(in_channels, num_classes) of the teachers a config can name."""
 
 
@@ -267,7 +269,9 @@ class CompressionSpace(SearchSpace):
             path = Path(checkpoint)
             if not path.is_file():
                 raise FileNotFoundError(f"space.checkpoint: file not found: {path}")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            from core.engine.runs import load_checkpoint
+
+            state = load_checkpoint(path, "space.checkpoint")
             model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         if isinstance(shrink_levels, bool) or not isinstance(shrink_levels, int) or shrink_levels < 1:
             raise ValueError(f"space.shrink_levels: expected an integer >= 1, got {shrink_levels!r}")
@@ -457,6 +461,8 @@ class CompressionEvaluator(Evaluator):
     teacher without a checkpoint is first trained with cross-entropy for
     `teacher_epochs` (Adam, `teacher_lr`), once per evaluator, seeded.
     """
+
+    metrics = ("reward", "accuracy", "compression", "params", "macs", "teacher_accuracy")
 
     def __init__(self, space: SearchSpace, data: DataSplits, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3,
                  weight_decay: float = 5e-4, teacher_epochs: int = 30, teacher_lr: float = 1e-3,

@@ -170,11 +170,14 @@ class FaceRecognitionTask(Task):
     def evaluator(self, space: SearchSpace, data: DataSplits):
         """Sample-based searches would score embeddings as class logits with the suite's `train` evaluator;
         a face evaluator (margin-loss training + verification) is not implemented, so refuse clearly."""
+        self.check_evaluator()
+
+    def check_evaluator(self):
         raise ConfigError("strategy.name: face_recognition searches with the one-shot DARTS searcher "
                           "(strategy: {name: darts, order: 2}); sample-based strategies need a face evaluator, "
                           "which this task does not provide yet")
 
-    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits, searched: Arch | None = None) -> Arch:
         """A published genotype by name (`PocketNet`) in a PocketNet space."""
         arch_of = getattr(space, "arch_of", None)
         if arch_of is None:

@@ -108,7 +108,7 @@ class SuperResolutionTask(Task):
         h, w = (int(v) // self.scale for v in self.options.cost_output)
         return torch.zeros(1, 3, h, w)
 
-    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits, searched: Arch | None = None) -> Arch:
         if name == "bicubic":
             return Arch({"baseline": "bicubic"})
         if name == "msrresnet":
