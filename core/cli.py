@@ -49,7 +49,11 @@ def load_task(cfg: dict[str, Any], build: bool = True):
             raise ConfigError(f"task: unknown task {name!r} (no package tasks/{name})") from None
         raise
     task_cls = TASKS.get(name, "task")
-    return task_cls(cfg) if build else task_cls
+    if not build:
+        return task_cls
+    task = task_cls(cfg)
+    task.check_config()
+    return task
 
 
 # -- shared steps ----------------------------------------------------------------------------
@@ -217,46 +221,43 @@ def cmd_search(cfg, progress: bool, resume: str | None) -> int:
     objective = _objective(cfg)
     if not cfg.get("strategy"):
         raise ConfigError("strategy: missing section; e.g. strategy: {name: evolution}")
-    STRATEGIES.check(cfg["strategy"], "strategy", provided=("space", "seed", "objective"))
-    if resume:
+    strategy_cls = STRATEGIES.check(cfg["strategy"], "strategy", provided=("space", "seed", "objective"))
+    one_shot = getattr(strategy_cls, "gradient_based", False)
+    if not one_shot:  # what the objective reads must be what the evaluator reports: checked before any data
+        check_objective_metrics(objective, task.check_evaluator(), str(task.evaluator_section().get("name")))
+        executor = make_executor(cfg["search"]["executor"])
+    journal = lock = None
+    if resume:  # the lock first: a second process on the same run folder stops before loading anything
         run_dir = Path(resume).expanduser()
         if not run_dir.is_dir():
             raise FileNotFoundError(f"--resume: run folder not found: {run_dir}")
         if not (run_dir / "journal.sqlite").is_file() and not (run_dir / "searcher.pt").is_file():
             raise FileNotFoundError(f"--resume: no journal.sqlite or searcher.pt in {run_dir}")
         _STATE["run_dir"] = run_dir
-    data = task.data()
-    space = task.space(data)
-    strategy = STRATEGIES.build(cfg["strategy"], "strategy", space=space, seed=cfg["seed"], objective=objective)
-    one_shot = getattr(strategy, "gradient_based", False)
-    if cfg["retrain"]["enabled"]:  # every baseline name resolves now, not after the search
-        resolve_baselines(task, cfg["retrain"]["baselines"], space, data, searched=space.default())
-    budget = "one-shot" if one_shot else f"budget {cfg['search']['budget']}"
-    header = (f"search: {type(strategy).__name__} over {type(space).__name__} ({space.size():.3g} archs) on "
-              f"{data.name}, {budget}, objective {objective.direction} {objective.metric}"
-              + "".join(f", {c}" for c in objective.constraints))
-    if one_shot:
-        lock = None
-        if resume:
+        if one_shot:
             lock = RunLock(run_dir / "searcher.pt.lock", str(run_dir))
         else:
-            run_dir = _new_run_dir(cfg, "search")
-        _log(header)
-        _log(f"run folder: {run_dir}")
-        try:
-            return _one_shot_search(cfg, task, data, space, strategy, objective, run_dir, progress)
-        finally:
-            if lock is not None:
-                lock.release()
-    check_objective_metrics(objective, task.check_evaluator(), str(task.evaluator_section().get("name")))
-    executor = make_executor(cfg["search"]["executor"])
-    durability = cfg["search"]["journal_durability"]
-    journal = Journal(run_dir / "journal.sqlite", durability, must_exist=True) if resume else None
+            journal = Journal(run_dir / "journal.sqlite", cfg["search"]["journal_durability"], must_exist=True)
     try:
+        data = task.data()
+        space = task.space(data)
+        strategy = STRATEGIES.build(cfg["strategy"], "strategy", space=space, seed=cfg["seed"], objective=objective)
+        if cfg["retrain"]["enabled"]:  # every baseline name resolves now, not after the search
+            resolve_baselines(task, cfg["retrain"]["baselines"], space, data, searched=space.default())
+        budget = "one-shot" if one_shot else f"budget {cfg['search']['budget']}"
+        header = (f"search: {type(strategy).__name__} over {type(space).__name__} ({space.size():.3g} archs) on "
+                  f"{data.name}, {budget}, objective {objective.direction} {objective.metric}"
+                  + "".join(f", {c}" for c in objective.constraints))
+        if one_shot:
+            if not resume:
+                run_dir = _new_run_dir(cfg, "search")
+            _log(header)
+            _log(f"run folder: {run_dir}")
+            return _one_shot_search(cfg, task, data, space, strategy, objective, run_dir, progress)
         evaluator = task.evaluator(space, data)  # may train a supernet: after every check above
         if journal is None:
             run_dir = _new_run_dir(cfg, "search")
-            journal = Journal(run_dir / "journal.sqlite", durability)
+            journal = Journal(run_dir / "journal.sqlite", cfg["search"]["journal_durability"])
         _log(header)
         _log(f"run folder: {run_dir}")
         if getattr(strategy, "multi_fidelity", False) and callable(getattr(strategy, "run", None)):
@@ -267,6 +268,8 @@ def cmd_search(cfg, progress: bool, resume: str | None) -> int:
     finally:
         if journal is not None:
             journal.close()
+        if lock is not None:
+            lock.release()
     _STATE["fresh"] = False
     _write_search_outputs(run_dir, summary, objective)
     if summary.best_arch is None:

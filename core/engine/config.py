@@ -8,9 +8,9 @@ user mistake raises `ConfigError` with the dotted key, the bad value and what
 was expected; a file that is not valid YAML (a duplicate key, a tab, a missing
 bracket) is named with its line and column (`file.yaml:3:5: ...`).
 
-An override that gives a component section another `name`
-(`data.name=imagefolder`) starts that section afresh: the keys the config
-file set for the old component are dropped, so they cannot fail on the new one.
+An override (or a config over its `_base_`) that gives a component section
+another `name` (`data.name=imagefolder`) starts that section afresh: the keys
+set for the old component are dropped, so they cannot fail on the new one.
 """
 
 from __future__ import annotations
@@ -119,7 +119,10 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
         line = ""
     if "\t" in line[:mark.column + 1]:
         problem, context = "a tab character; YAML indents with spaces", None
-    if context and "duplicate" not in problem:
+    context_mark = getattr(err, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark and "duplicate" not in problem:
+        problem = f"{problem} ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    elif context and "duplicate" not in problem:
         problem = f"{problem} ({context})"
     return ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: {problem}")
 
@@ -147,7 +150,7 @@ def _load_yaml(path: Path, chain: tuple[Path, ...] = ()) -> Any:
     merged = OmegaConf.create()
     for base in [bases] if isinstance(bases, str) else list(bases):
         merged = OmegaConf.merge(merged, _load_yaml((path.parent / base).resolve(), chain + (path,)))
-    return OmegaConf.merge(merged, cfg)
+    return OmegaConf.merge(_restart_renamed_components(merged, cfg), cfg)
 
 
 _KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*$")

@@ -16,6 +16,14 @@ class DataError(ValueError):
     every candidate the same way."""
 
 
+def image_error(err: Exception) -> str:
+    """A short reason from PIL's error (its own messages repeat the file object's repr)."""
+    if type(err).__name__ == "UnidentifiedImageError":
+        return "not in an image format PIL reads"
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:160]
+
+
 @dataclass
 class DataSplits:
     """Train / validation / test sets of one dataset plus what models need to know about it.

@@ -46,9 +46,9 @@ class Registry:
         except KeyError:
             raise ConfigError(f"{key}: unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}") from None
 
-    def check(self, section: Mapping[str, Any], key: str, provided: tuple[str, ...] = ()) -> Callable:
+    def check(self, section: Mapping[str, Any], key: str, provided: tuple[str, ...] | None = ()) -> Callable:
         """Check `section` against its component's signature without building it (`provided`: the arguments
-        the caller adds); return the component."""
+        the caller adds; None: not known yet, required arguments are not checked); return the component."""
         section = dict(section or {})
         if "name" not in section:
             raise ConfigError(f"{key}.name: missing; choose a {self.kind} from {', '.join(self.names())}")

@@ -40,6 +40,14 @@ class Task:
             return None
         return self.Options(**check_kwargs(self.Options, section, self.name))
 
+    def check_config(self) -> None:
+        """Check the data and space sections against their components' signatures before any data is read
+        (the space's required arguments may come from the data, so only its keys and types are checked)."""
+        if self.cfg.get("data"):
+            DATASETS.check(self.cfg["data"], "data", provided=("scale",))
+        if self.cfg.get("space"):
+            SPACES.check(self.cfg["space"], "space", provided=None)
+
     # -- building blocks from the config ------------------------------------------------
     def data(self) -> DataSplits:
         if not self.cfg.get("data"):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from core.engine.data import DataError, DataSplits
+from core.engine.data import DataError, DataSplits, image_error
 from core.engine.registry import DATASETS, ConfigError
 
 
@@ -79,8 +79,7 @@ def load_image(path: str) -> "PIL.Image.Image":  # noqa: F821
             img = Image.open(f)
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path}: not a readable image ({reason})") from None
+        raise DataError(f"{path}: not a readable image ({image_error(err)})") from None
 
 
 def check_fraction(value: float, key: str, low_open: bool = True) -> None:
@@ -91,6 +90,10 @@ def check_fraction(value: float, key: str, low_open: bool = True) -> None:
 def _holdout(dataset: Dataset, eval_dataset: Dataset, targets: list[int], fraction: float, seed: int):
     """Split a folder that has no validation set: train part keeps augmentation, val part does not."""
     held, kept = _split_indices(np.asarray(targets), (fraction,), seed)
+    if len(held) == 0 or len(kept) == 0:
+        raise ConfigError(f"data.val_fraction: {fraction} of {len(targets)} training images leaves "
+                          f"{'no validation' if len(held) == 0 else 'no training'} image; change it, or add a "
+                          "val folder")
     return Subset(dataset, kept.tolist()), Subset(eval_dataset, held.tolist())
 
 

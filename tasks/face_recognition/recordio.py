@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.engine.data import DataError
+from core.engine.data import DataError, image_error
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -191,8 +191,7 @@ def decode_image(data: bytes, where: str = "image") -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             return np.array(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{where}: not a decodable image ({reason})") from None
+        raise DataError(f"{where}: not a decodable image ({image_error(err)})") from None
 
 
 def write_face_rec(rec: str | Path, images: Sequence[np.ndarray], labels: Sequence[int], fmt: str = "JPEG") -> None:
