@@ -31,17 +31,21 @@ import numpy as np
 from core.engine.data import DataError
 
 
+class _Refused(pickle.UnpicklingError):
+    """Something the format never holds (the message says what)."""
+
+
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """`_codecs.encode` as protocol-2 pickles of `bytes` use it (latin-1 only; any other codec is refused)."""
     if codecs.lookup(encoding).name != "iso8859-1" or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r}, not the latin-1 form of bytes")
+        raise _Refused(f"it encodes with {encoding!r}")
     return codecs.encode(text, "latin1")
 
 
 def _plain_dtype(*args: Any) -> np.dtype:
     dtype = np.dtype(*args)
     if dtype.hasobject:
-        raise pickle.UnpicklingError("a numpy array of Python objects")
+        raise _Refused("it holds a numpy array of Python objects")
     return dtype
 
 
@@ -57,10 +61,6 @@ def _numpy_globals() -> dict[tuple[str, str], Callable]:
 
 BYTES_AND_BOOLS: dict[tuple[str, str], Callable] = {("_codecs", "encode"): _latin1_encode}
 NUMPY_ARRAYS: dict[tuple[str, str], Callable] = {**BYTES_AND_BOOLS, **_numpy_globals()}
-
-
-class _Refused(pickle.UnpicklingError):
-    pass
 
 
 class RestrictedUnpickler(pickle.Unpickler):
