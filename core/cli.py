@@ -247,7 +247,7 @@ def cmd_search(cfg, progress: bool, resume: str | None) -> int:
         budget = "one-shot" if one_shot else f"budget {cfg['search']['budget']}"
         header = (f"search: {type(strategy).__name__} over {type(space).__name__} ({space.size():.3g} archs) on "
                   f"{data.name}, {budget}, objective {objective.direction} {objective.metric}"
-                  + "".join(f", {c}" for c in objective.constraints))
+                  + "".join(f", {c}" for c in objective.constraints) + f"; {_threads()} CPU thread(s)")
         if one_shot:
             if not resume:
                 run_dir = _new_run_dir(cfg, "search")
@@ -450,7 +450,8 @@ def cmd_train(cfg, progress: bool) -> int:
     arch, label = _arch_from_config(cfg, task, space, data, "train.arch")
     model = space.build(arch, **_build_kwargs(task, data))
     run_dir = _new_run_dir(cfg, "train")
-    _log(f"train: {label} ({arch.key}) on {data.name} for {cfg['train']['epochs']} epochs -> {run_dir}")
+    _log(f"train: {label} ({arch.key}) on {data.name} for {cfg['train']['epochs']} epochs, {_threads()} CPU "
+         f"thread(s) -> {run_dir}")
     val = task.train(model, data, run_dir, progress)
     _STATE["fresh"] = False
     metrics = {f"val_{k}": v for k, v in val.items()}
@@ -477,7 +478,7 @@ def cmd_test(cfg, progress: bool) -> int:
     path = _checkpoint_arg(cfg, "test.checkpoint")
     _, task, data, space, arch, model = load_model(path, "test.checkpoint", cfg)
     out_dir = Path(path).expanduser().parent
-    _log(f"test: {arch.key} from {path} on {task.describe_test(data)}")
+    _log(f"test: {arch.key} from {path} on {task.describe_test(data)}; {_threads()} CPU thread(s)")
     metrics = task.test(model, data, out_dir)
     row = {"arch": arch.key, **_cost_row(model, task.example_input(data), latency=True), **metrics}
     write_json(out_dir / "test_metrics.json", row)
@@ -516,6 +517,12 @@ def cmd_profile(cfg, progress: bool) -> int:
     _log("\n" + table([row], list(row)))
     _log("MACs = multiply-accumulates (FLOPs / 2, as torch's FlopCounterMode counts FLOPs)")
     return 0
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _set_threads(cfg) -> int:

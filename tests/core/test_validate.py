@@ -64,3 +64,24 @@ def test_failure_summary_counts_the_most_common_reasons():
     assert line.startswith("no feasible architecture in 9 trial(s): 5 x breaks macs <= 100 before training; "
                            "3 x failed: NaNLoss: loss is nan at epoch N step N; 1 x breaks macs <= 100 after")
     assert "\n" not in line
+
+
+def test_threads_default_and_setting(monkeypatch):
+    import torch
+
+    from core.cli import main
+    from core.engine.validate import default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert default_threads() == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert default_threads() == 8
+    before = torch.get_num_threads()
+    try:
+        assert main(["profile", "configs/classification/quickstart.yaml", "threads=2", "profile.repeats=1"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
