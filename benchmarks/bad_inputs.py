@@ -13,7 +13,8 @@ checkpoints. A case runs `core.cli.main` in this process and is classed as
   or path it is about (and for error cases no run folder left behind);
 - `traceback`: an exception escaped `main` (a bug: a user mistake must never
   print one);
-- `silent`: exit 0 where the input should have been refused, or a result that
+- `silent`: exit 0 where the input should have been refused (or, with
+  `--timeout`, still working on it when the time is up), or a result that
   misses the check of a case that should succeed;
 - `unclear`: a non-zero exit whose stderr is not one line naming the cause;
 - `code ran`: a security case's payload ran (its marker file exists).
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -217,7 +217,8 @@ CASES: list[Case] = [
          _dna({"name": "builtins:exec", "kwargs": {"source": "import os; os.system('" + TOUCH + "')"}}),
          expect="strategy.teacher.name", marker="pwned"),
     Case("yaml-python-tag", "security", "train", "{tmp}/tagged.yaml", expect="tagged.yaml:1:",
-         setup=lambda t: (t / "tagged.yaml").write_text(f"task: !!python/object/apply:os.system ['{TOUCH.format(tmp=t)}']\n"),
+         setup=lambda t: (t / "tagged.yaml").write_text(
+             f"task: !!python/object/apply:os.system ['{TOUCH.format(tmp=t)}']\n"),
          marker="pwned"),
     Case("bin-pickle-payload", "security", "train", "face", expect="lfw.bin",
          setup=lambda t: _faces(t, bin_bytes=b"") and _evil_pickle(t / "faces" / "lfw.bin", t / "pwned",
@@ -303,8 +304,8 @@ CASES: list[Case] = [
           "train.epochs=1"],
          expect="bad.jpg", setup=lambda t: _image_folder(t, b"\xff\xd8\xff\xe0 not a jpeg"), leaves_run=True),
     Case("imagefolder-corrupt-image-search", "data", "search", QUICK,
-         ["data.name=imagefolder", "data.root={tmp}/imgs", "data.image_size=8", "data.val_fraction=0.4", *TINY_SEARCH,
-          "evaluator.sample_ratio=1.0"],
+         ["data.name=imagefolder", "data.root={tmp}/imgs", "data.image_size=8", "data.val_fraction=0.4",
+          *TINY_SEARCH, "evaluator.sample_ratio=1.0"],
          expect="bad.jpg", setup=lambda t: _image_folder(t, b"GIF89a garbage"), leaves_run=True),
     Case("imagefolder-truncated-png", "data", "train", QUICK,
          ["data.name=imagefolder", "data.root={tmp}/imgs", "data.image_size=8", "data.val_fraction=0.4",
@@ -436,8 +437,19 @@ def _run_folders(tmp: Path) -> set[str]:
     return {str(p.relative_to(tmp)) for p in runs.glob("*/*") if p.is_dir()} if runs.is_dir() else set()
 
 
-def run_case(case: Case, tmp: Path) -> Outcome:
-    """Set the case up in `tmp`, run `core.cli.main` in this process, and record how it ended."""
+class _Timeout(BaseException):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout
+
+
+def run_case(case: Case, tmp: Path, timeout: int = 0) -> Outcome:
+    """Set the case up in `tmp`, run `core.cli.main` in this process, and record how it ended (`timeout` > 0:
+    stop a run still going after that many seconds; it is recorded as having accepted the input)."""
+    import signal
+
     import yaml
 
     from core.cli import main
@@ -462,13 +474,21 @@ def run_case(case: Case, tmp: Path) -> Outcome:
         before = _run_folders(tmp)
         out, err = io.StringIO(), io.StringIO()
         code, error = None, None
+        if timeout:
+            signal.signal(signal.SIGALRM, _alarm)
+            signal.alarm(timeout)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main(argv)
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else 1
+            except _Timeout:
+                code, error = None, "timeout"
             except BaseException:  # noqa: BLE001 - recorded, classed as a traceback
                 error = traceback.format_exc()
+            finally:
+                if timeout:
+                    signal.alarm(0)
         check_ok = case.check(out.getvalue(), tmp) if case.check and code == 0 else None
         return Outcome(code, out.getvalue(), err.getvalue(), error,
                        bool(case.marker) and (tmp / case.marker).exists(),
@@ -483,6 +503,8 @@ def classify(case: Case, outcome: Outcome) -> str:
     expect = case.expect
     if outcome.marker_found:
         return "code ran"
+    if outcome.error == "timeout":  # still working after the time limit: the input was accepted
+        return "silent"
     if outcome.error is not None:
         return "traceback"
     if case.code == 0:
@@ -537,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=0, help="kill-and-resume cycles to run as well")
     parser.add_argument("--only", help="run the cases whose id contains this text")
+    parser.add_argument("--timeout", type=int, default=0,
+                        help="seconds after which a case still running counts as having accepted its input "
+                             "(for measuring older versions, which train on some bad inputs)")
     args = parser.parse_args(argv)
     os.environ.setdefault("ARCHFORGE_NO_PROGRESS", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -546,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         tmp = Path(tempfile.mkdtemp(prefix="bad_input_"))
         start = time.perf_counter()
-        outcome = run_case(case, tmp)
+        outcome = run_case(case, tmp, args.timeout)
         verdict = classify(case, outcome)
         first = (outcome.error or "").strip().splitlines()[-1:] or outcome.stderr_lines[:1] or [""]
         rows.append((case, verdict, time.perf_counter() - start))

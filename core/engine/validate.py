@@ -312,6 +312,6 @@ def default_threads() -> int:
     return max(1, min(8, cpus // 2))
 
 
-__all__ = ["COMPONENT_RANGES", "FIXED_RANGES", "check_arch_origin", "check_objective_metrics", "check_ranges", "check_run_name",
-           "checkpoint_config", "default_threads", "failure_summary", "rekey", "resolve_baseline",
+__all__ = ["COMPONENT_RANGES", "FIXED_RANGES", "check_arch_origin", "check_objective_metrics", "check_ranges",
+           "check_run_name", "checkpoint_config", "default_threads", "failure_summary", "rekey", "resolve_baseline",
            "resolve_baselines", "space_difference"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -93,6 +94,13 @@ class SupernetEvaluator(Evaluator):
     """Weight inheritance from a SPOS supernet with BN recalibration (see the module docstring)."""
 
     metrics = ("accuracy", "top5", "val_loss", "params", "macs")
+
+    @staticmethod
+    def nested_kwargs(section: Mapping[str, Any]) -> dict[str, tuple[Any, tuple[str, ...], tuple[str, ...]]]:
+        """`train` holds the SPOS trainer's settings (checked against `SPOSTrainer` before anything trains)."""
+        from core.strategies.spos import SPOSTrainer
+
+        return {"train": (SPOSTrainer, (), ("space", "data", "epochs"))}
 
     def __init__(self, space: SearchSpace, data: DataSplits, supernet: str | nn.Module | None = None,
                  epochs: int = 10, train: dict | None = None, checkpoint: str | None = None, bn_batches: int = 4,

@@ -70,7 +70,7 @@ def _image_transforms(image_size: int, train: bool, mean, std):
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
 
 
-def load_image(path: str) -> "PIL.Image.Image":  # noqa: F821
+def load_image(path: str):
     """torchvision's ImageFolder loader, with a file that is not a readable image reported by its path."""
     from PIL import Image, UnidentifiedImageError
 
