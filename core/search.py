@@ -15,6 +15,9 @@ one is journaled as `infeasible` with those metrics and told to the strategy
 `search.budget` is the number of architectures actually evaluated. This is
 EEEA-Net's early exit (Termritthikun et al., 2021, Sec. 3.2) applied to every
 strategy: the MACs of a candidate are known before a second of training.
+When the last `max_rejected` proposals in a row all broke a constraint, the
+search stops and says so (`SearchSummary.stop_reason`, with the closest value
+seen): a constraint no arch of the space meets must not sample for ever.
 
 `on_trial(i, arch, result)` is called after every trial; a callback that
 returns True ends the search after the current batch (e.g. once a target

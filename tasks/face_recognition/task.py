@@ -217,9 +217,14 @@ class FaceRecognitionTask(Task):
 
     def verify(self, model: nn.Module, data: DataSplits) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         """One verification row per benchmark, and each benchmark's embeddings."""
+        from tqdm.auto import tqdm
+
+        from core.strategies.spos import _progress_enabled
+
         sets = getattr(data, "verification", None) or {"test": data.test}
         rows, embeddings = [], {}
-        for name, pairs in sets.items():
+        for name, pairs in tqdm(sets.items(), desc="verification", unit="benchmark", total=len(sets),
+                                disable=not _progress_enabled(True), dynamic_ncols=True):
             emb = embed(model, pairs.images, self.cfg["test"]["batch_size"], self.options.flip_test)
             rows.append({"benchmark": name, "pairs": len(pairs.issame),
                          **evaluate_pairs(emb, pairs.issame, self.options.fars)})

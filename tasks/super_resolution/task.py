@@ -119,8 +119,7 @@ class SuperResolutionTask(Task):
     Options = SROptions
     model_options = ("scale",)
     #: why a derived network can cost more than the MACs limit (printed after a search when it does)
-    constraint_note = ("; set the budget lower, or strategy.macs_mode: hinge, to keep the derived network "
-                       "under it")
+    constraint_note = "; to stay under the limit, set the search's target below it"
 
     @property
     def scale(self) -> int:
