@@ -326,6 +326,8 @@ CASES: list[Case] = [
          expect="data_batch_1", setup=lambda t: _cifar_garbage(t)),
     Case("coco-not-json", "data", "train", "configs/detection/hitdet_coco.yaml",
          ["data.root={tmp}/coco"], expect="data.train_ann", setup=lambda t: _coco_garbage(t)),
+    Case("voc-xml-garbage", "data", "train", "configs/detection/hitdet_shapes.yaml",
+         ["data.name=voc", "data.root={tmp}/voc"], expect="a.xml: not valid XML", setup=lambda t: _voc_garbage(t)),
     Case("sr-folder-missing", "data", "train", SR, [*TINY_SR[3:], "data.name=sr_folders", "data.train={tmp}/nope",
                                                      "data.test={tmp}/nope"], expect="data.train"),
     Case("sr-corrupt-image", "data", "train", SR,
@@ -392,6 +394,13 @@ def _coco_garbage(tmp: Path) -> None:
     (tmp / "coco" / "annotations").mkdir(parents=True)
     (tmp / "coco" / "annotations" / "instances_train2017.json").write_text("{\"images\": [1, 2")
     (tmp / "coco" / "annotations" / "instances_val2017.json").write_text("{}")
+
+
+def _voc_garbage(tmp: Path) -> None:
+    (tmp / "voc" / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp / "voc" / "Annotations").mkdir()
+    (tmp / "voc" / "ImageSets" / "Main" / "trainval.txt").write_text("a\n")
+    (tmp / "voc" / "Annotations" / "a.xml").write_text("<annotation><size><width>3</wid")
 
 
 def _arch_with_config(tmp: Path) -> None:

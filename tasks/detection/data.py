@@ -211,20 +211,29 @@ def voc_to_coco(root: Path, split: str, classes: Sequence[str], use_difficult: b
         xml = root / "Annotations" / f"{stem}.xml"
         if not xml.is_file():
             raise FileNotFoundError(f"data.root: VOC annotation not found: {xml}")
-        tree = ET.parse(xml).getroot()
-        size = tree.find("size")
-        width, height = int(size.findtext("width")), int(size.findtext("height"))
+        try:
+            tree = ET.parse(xml).getroot()
+        except ET.ParseError as err:
+            raise DataError(f"{xml}: not valid XML ({err})") from None
+        try:
+            size = tree.find("size")
+            width, height = int(size.findtext("width")), int(size.findtext("height"))
+        except (AttributeError, TypeError, ValueError):
+            raise DataError(f"{xml}: no <size> with integer <width> and <height>") from None
         filename = tree.findtext("filename") or f"{stem}.jpg"
         images.append({"id": image_id, "file_name": filename, "width": width, "height": height})
         for obj in tree.findall("object"):
-            name = obj.findtext("name").strip()
+            name = (obj.findtext("name") or "").strip()
             if name not in cat_of:
                 raise ConfigError(f"data.classes: {xml} has class {name!r} not in {list(classes)}")
             difficult = int(obj.findtext("difficult") or 0)
             if difficult and not use_difficult:
                 continue
-            bb = obj.find("bndbox")
-            x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            try:
+                bb = obj.find("bndbox")
+                x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except (AttributeError, TypeError, ValueError):
+                raise DataError(f"{xml}: an object {name!r} without a numeric <bndbox>") from None
             x1, y1 = x1 - 1, y1 - 1  # VOC pixel indices are 1-based
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_of[name],
                          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
