@@ -180,6 +180,8 @@ def resolve_baseline(task: Any, name: str, space: Any, data: Any, key: str, **kw
         return task.baseline(name, space, data, **kwargs)
     except ConfigError as err:
         raise rekey(err, key) from None
+    except ValueError as err:  # a baseline that cannot be sized (e.g. nothing fits the MACs limit)
+        raise ConfigError(f"{key}: {name}: {err}") from None
 
 
 def resolve_baselines(task: Any, names: Iterable[str], space: Any, data: Any, **kwargs: Any) -> list:
