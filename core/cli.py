@@ -601,10 +601,20 @@ def _run(args, progress: bool) -> int:
             _discard_if_unused(_STATE["run_dir"])
         if os.environ.get("ARCHFORGE_DEBUG"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        message = " ".join(str(message).split()) or type(err).__name__
-        print(f"archforge {args.command}: error: {message}", file=sys.stderr)
+        print(f"archforge {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line; from a DataLoader worker, the original error's own line (torch puts the
+    worker's whole traceback into the message)."""
+    import re
+
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        message = re.sub(r"^[\w.]+(Error|Exception): ", "", last.strip())
+    return " ".join(message.split()) or type(err).__name__
 
 
 if __name__ == "__main__":
