@@ -16,11 +16,10 @@ set for the old component are dropped, so they cannot fail on the new one.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import re
 
 import yaml
 from omegaconf import OmegaConf
@@ -176,7 +175,8 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> Any:
 
 
 def _restart_renamed_components(cfg: Any, over: Any) -> Any:
-    """A component section whose `name` the overrides change starts from that component's defaults."""
+    """A component section whose `name` `over` (the overrides, or a config over its base) changes starts from
+    that component's defaults: `cfg`'s keys for the old component are dropped."""
     for section in COMPONENT_SECTIONS:
         new = over.get(section) if OmegaConf.is_dict(over) else None
         old = cfg.get(section)
