@@ -5,11 +5,20 @@ so a search killed at any instant loses at most the evaluation in flight.
 WAL mode with `synchronous=FULL` makes every committed trial survive a
 process kill and a power cut; `durability="process"` (`synchronous=NORMAL`)
 survives a process kill only and is faster on slow disks.
+
+One process at a time: the journal takes an exclusive lock (`flock` on
+`<journal>.lock`, released by the OS when the process exits or dies), so a
+second `archforge search --resume` on the same run folder stops at once
+instead of evaluating the same trials twice. A journal that SQLite cannot
+read (cut short, overwritten, a damaged page) raises `JournalError` naming
+the file and what to do, and so does an empty or missing journal opened with
+`must_exist=True` (what `--resume` asks for).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -37,6 +46,44 @@ CREATE TABLE IF NOT EXISTS trials (
 _SYNC = {"full": "FULL", "process": "NORMAL"}
 
 
+class JournalError(RuntimeError):
+    """A journal that cannot be used: damaged, empty where one was expected, or locked by another process."""
+
+
+class RunLock:
+    """An exclusive, non-blocking `flock` on `path` (created if needed), holding this process's pid.
+
+    Raises `JournalError` naming the holder's pid when another process has it. The OS drops the lock when
+    the file is closed or the process ends, however it ends. Where `fcntl` is missing (Windows) nothing is
+    locked.
+    """
+
+    def __init__(self, path: str | Path, what: str):
+        self.path = Path(path)
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise JournalError(f"{what} is in use by another archforge process (pid {holder}); two processes on "
+                               f"one run folder would evaluate the same trials twice: wait for it to finish or "
+                               f"stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 @dataclass(frozen=True)
 class Trial:
     trial: int
@@ -48,22 +95,42 @@ class Trial:
 
 
 class Journal:
-    def __init__(self, path: str | Path, durability: str = "full"):
+    def __init__(self, path: str | Path, durability: str = "full", must_exist: bool = False):
         if durability not in _SYNC:
             raise ValueError(f"journal durability must be one of {sorted(_SYNC)}, got {durability!r}")
         self.path = Path(path)
+        if must_exist and not self.path.is_file():
+            raise JournalError(f"{self.path}: no journal to resume from; start without --resume")
+        if must_exist and self.path.stat().st_size == 0:
+            raise JournalError(f"{self.path}: the journal is empty (0 bytes), so this run recorded no trial; "
+                               "start a new run without --resume")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={_SYNC[durability]}")
-        self._db.executescript(_SCHEMA)
-        self._count = self._db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        self._lock = RunLock(self.path.with_name(self.path.name + ".lock"), str(self.path))
+        existed = self.path.is_file() and self.path.stat().st_size > 0
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            if existed:
+                problems = [row[0] for row in self._db.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError(problems[0])
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={_SYNC[durability]}")
+            self._db.executescript(_SCHEMA)
+            self._count = self._db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            self._lock.release()
+            raise self._damaged(err) from None
+
+    def _damaged(self, err: Exception) -> JournalError:
+        return JournalError(f"{self.path}: the journal is damaged ({str(err).splitlines()[0]}); its trials cannot "
+                            "be replayed: move it away and start a new run (without --resume)")
 
     def __len__(self) -> int:
         return self._count
 
     def close(self) -> None:
         self._db.close()
+        self._lock.release()
 
     def __enter__(self) -> "Journal":
         return self
@@ -91,10 +158,13 @@ class Journal:
         return trial
 
     def trials(self) -> list[Trial]:
-        rows = self._db.execute(
-            "SELECT trial, arch, status, reason, metrics, cost, cached, fingerprint, finished FROM trials ORDER BY trial")
-        return [Trial(t, Arch.from_json(a), Result(json.loads(m), s, r, c), bool(cd), fp, fin)
-                for t, a, s, r, m, c, cd, fp, fin in rows]
+        try:
+            rows = self._db.execute("SELECT trial, arch, status, reason, metrics, cost, cached, fingerprint, finished "
+                                    "FROM trials ORDER BY trial").fetchall()
+            return [Trial(t, Arch.from_json(a), Result(json.loads(m), s, r, c), bool(cd), fp, fin)
+                    for t, a, s, r, m, c, cd, fp, fin in rows]
+        except (sqlite3.DatabaseError, ValueError, TypeError) as err:
+            raise self._damaged(err) from None
 
     def evaluations(self) -> int:
         """Trials that really ran an evaluation (not answered from the cache)."""

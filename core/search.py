@@ -15,6 +15,9 @@ one is journaled as `infeasible` with those metrics and told to the strategy
 `search.budget` is the number of architectures actually evaluated. This is
 EEEA-Net's early exit (Termritthikun et al., 2021, Sec. 3.2) applied to every
 strategy: the MACs of a candidate are known before a second of training.
+When the last `max_rejected` proposals in a row all broke a constraint, the
+search stops and says so (`SearchSummary.stop_reason`, with the closest value
+seen): a constraint no arch of the space meets must not sample for ever.
 
 `on_trial(i, arch, result)` is called after every trial; a callback that
 returns True ends the search after the current batch (e.g. once a target
@@ -57,12 +60,15 @@ class SearchSummary:
     seconds: float
     infeasible: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    #: why the search ended before its budget (e.g. every recent proposal broke a constraint), else None
+    stop_reason: str | None = None
 
 
 class Search:
     def __init__(self, space: SearchSpace, strategy: Strategy, evaluator: Evaluator, objective: Objective,
                  journal: Journal, budget: int, executor: SerialExecutor | None = None, batch_size: int = 1,
-                 progress: bool = True, on_trial: Callable[[int, Arch, Result], bool | None] | None = None):
+                 progress: bool = True, on_trial: Callable[[int, Arch, Result], bool | None] | None = None,
+                 max_rejected: int = 200):
         if budget < 1:
             raise ValueError(f"search.budget must be >= 1, got {budget}")
         if batch_size < 1:
@@ -75,6 +81,8 @@ class Search:
         self.fingerprint = evaluator.fingerprint()
         #: proposals rejected before training, at most this many (a strategy stuck outside the constraints)
         self.max_infeasible = max(1000, 50 * budget)
+        #: ... and at most this many in a row: a constraint no arch of the space meets stops the search early
+        self.max_rejected = max_rejected
 
     def _precheck(self, arch: Arch) -> Result | None:
         """An `infeasible` result when a constraint fails on the metrics known before training, else None."""
@@ -107,6 +115,8 @@ class Search:
         bar = tqdm(total=self.budget, desc="search", unit="arch", disable=not self.progress, dynamic_ncols=True)
         best = -math.inf
         stopped = False
+        in_a_row: list[Result] = []
+        stop_reason = None
         while counted < self.budget and infeasible < self.max_infeasible and not stopped:
             archs = self.strategy.ask(min(self.batch_size, self.budget - counted))
             results: list[Result | None] = [None] * len(archs)
@@ -142,21 +152,39 @@ class Search:
                 trials.append((arch, result))
                 if result.status == INFEASIBLE:
                     infeasible += 1
+                    in_a_row.append(result)
                 else:
                     counted += 1
                     step += 1
+                    in_a_row = []
                 if self.on_trial and self.on_trial(len(trials) - 1, arch, result):
                     stopped = True  # the callback asked to stop; the rest of this batch is still recorded
                 best = max(best, self.objective.fitness(result))
             bar.update(step)
             if math.isfinite(best):
                 bar.set_postfix({self.objective.metric: f"{abs(best):.4g}"}, refresh=False)
+            if len(in_a_row) >= self.max_rejected:
+                stop_reason = self._unreachable(in_a_row)
+                break
         bar.close()
         best_entry = self._best(trials)
         return SearchSummary(
             best_arch=best_entry[0] if best_entry else None, best_result=best_entry[1] if best_entry else None,
             trials=trials, pareto=self.objective.pareto_front(trials), evaluations=evaluations,
-            replayed=min(len(past), len(trials)), seconds=time.perf_counter() - start, infeasible=infeasible)
+            replayed=min(len(past), len(trials)), seconds=time.perf_counter() - start, infeasible=infeasible,
+            stop_reason=stop_reason)
+
+    def _unreachable(self, rejected: list[Result]) -> str:
+        """Why the search stopped: the constraints the last proposals broke, with the best value seen for each."""
+        parts = []
+        for c in self.objective.constraints:
+            values = [r.metrics[c.metric] for r in rejected if c.metric in r.metrics and not c.satisfied(r.metrics)]
+            if values:
+                best = min(values) if c.op in ("<=", "<") else max(values)
+                parts.append(f"{c} (closest: {best:.4g})")
+        return (f"the last {len(rejected)} proposals all broke {' / '.join(parts) or 'the constraints'} before "
+                f"training; this space may have no arch within the constraint: loosen it, or raise "
+                f"search.max_rejected if the strategy only needs longer to find one")
 
     def _best(self, trials: list[tuple[Arch, Result]]) -> tuple[Arch, Result] | None:
         best = None

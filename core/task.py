@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.api import Arch, SearchSpace
 from core.engine.data import DataSplits, to_device
-from core.engine.registry import DATASETS, SPACES, ConfigError, check_kwargs
+from core.engine.registry import DATASETS, EVALUATORS, SPACES, ConfigError, check_kwargs
 
 
 class Task:
@@ -62,6 +62,9 @@ class Task:
     Options: type | None = None
     #: the DataLoader collate function of this task's datasets (None: torch's default)
     collate: Callable | None = None
+    #: keys of the task's section that define the network (a saved model keeps them; `archforge test` takes
+    #: everything else from the command line)
+    model_options: tuple[str, ...] = ()
 
     def __init__(self, cfg: dict[str, Any] | None = None):
         self.cfg = dict(cfg or {})
@@ -73,6 +76,26 @@ class Task:
                 raise ConfigError(f"{self.name}: task {self.name!r} takes no options section")
             return None
         return self.Options(**check_kwargs(self.Options, section, self.name))
+
+    def check_config(self) -> None:
+        """Check the data and space sections against their components' signatures before any data is read
+        (the space's required arguments may come from the data, so only its keys and types are checked)."""
+        if self.cfg.get("data"):
+            DATASETS.check(self.cfg["data"], "data", provided=("scale",))
+        if self.cfg.get("space"):
+            SPACES.check(self.cfg["space"], "space", provided=None)
+
+    def evaluator_section(self) -> dict[str, Any]:
+        """The config's `evaluator` section (default: the train-from-scratch evaluator)."""
+        return dict(self.cfg.get("evaluator") or {"name": "train"})
+
+    def check_evaluator(self) -> set[str] | None:
+        """Check the evaluator section without building the evaluator (building one may train a supernet);
+        return the metric names its results will hold (None: not declared)."""
+        section = self.evaluator_section()
+        target = EVALUATORS.check(section, "evaluator", provided=("space", "data", "task"))
+        names = getattr(target, "metric_names", None)
+        return names(section, self) if callable(names) else None
 
     # -- components from the config ---------------------------------------------------------------------
     def data(self) -> DataSplits:
@@ -95,9 +118,24 @@ class Task:
         """One input batch of size 1, as the model sees it (for MACs, latency and export)."""
         return torch.randn(1, *data.input_shape)
 
-    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
-        """The arch of a named hand-designed baseline in `space` (config `retrain.baselines`)."""
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits, searched: Arch | None = None) -> Arch:
+        """The arch of a named hand-designed baseline in `space` (config `retrain.baselines`); `searched` is the
+        searched arch when a baseline is sized to it."""
         raise ConfigError(f"retrain.baselines: task {self.name!r} has no baseline {name!r}")
+
+    def describe_test(self, data: DataSplits) -> str:
+        """What `archforge test` tests on, in words (printed before it starts)."""
+        return f"{data.name} ({len(data.test)} test samples)"
+
+    def table_columns(self, rows: list[dict[str, Any]]) -> list[str]:
+        """The metric columns of a final table: each of `table_metrics`, or, when the rows hold one value per
+        test set (`<set>_<metric>`), one column per set instead of the pooled value."""
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        columns = []
+        for metric in self.table_metrics:
+            per_set = [k for k in keys if k.endswith(f"_{metric}") and k != metric]
+            columns += per_set or [metric]
+        return columns
 
     # -- batches, losses and scores -----------------------------------------------------------------------
     def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, check_fraction
+from core.engine.registry import ConfigError
 
 
 def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
@@ -33,6 +34,11 @@ def digits(val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0)
     """
     from sklearn.datasets import load_digits
 
+    check_fraction(val_fraction, "data.val_fraction")
+    check_fraction(test_fraction, "data.test_fraction")
+    if val_fraction + test_fraction >= 0.9:
+        raise ConfigError(f"data.val_fraction + data.test_fraction: expected < 0.9 (a training split must remain), "
+                          f"got {val_fraction} + {test_fraction}")
     bunch = load_digits()
     images = bunch.images.astype(np.float32) / 16.0
     labels = bunch.target.astype(np.int64)

@@ -13,11 +13,13 @@ from core.distill.losses import (DISTILL_LOSSES, ATTerm, CETerm, DistillTerm, Gr
 from core.distill.portable_gan import PortableGANDistillation
 from core.distill.multistep import MultiStepDistillation, StageRecord, make_optimizer, train_distiller
 from core.distill.taps import Taps, parse_tap, resolve_module
-from core.distill.teachers import SmallCNN, StagedTeacher, freeze_teacher, load_state, load_teacher
+from core.distill.teachers import (SmallCNN, StagedTeacher, check_teacher_spec, freeze_teacher, load_state,
+                                   load_teacher, register_teacher)
 
 __all__ = ["Taps", "parse_tap", "resolve_module", "Distiller", "TermSpec", "build_term", "DISTILL_LOSSES",
            "DistillTerm", "KDTerm", "CETerm", "HintTerm", "ATTerm", "MMDTerm", "NSTTerm", "L1Term", "GramTerm", "gram_matrix",
            "kd_loss", "at_loss", "GAN_MODES", "GANLoss", "PriorSchedule", "pu_discriminator_loss",
            "pu_lsgan_discriminator_loss", "PortableGANDistillation",
            "attention_map", "mmd", "feature_mmd", "MultiStepDistillation", "StageRecord", "train_distiller",
-           "make_optimizer", "load_teacher", "load_state", "freeze_teacher", "StagedTeacher", "SmallCNN"]
+           "make_optimizer", "load_teacher", "load_state", "register_teacher", "check_teacher_spec", "freeze_teacher",
+           "StagedTeacher", "SmallCNN"]

@@ -118,7 +118,7 @@ class Distiller(nn.Module):
         if not isinstance(terms, Sequence) or isinstance(terms, str):
             raise ConfigError(f"distill.terms: expected a list of term mappings, got {terms!r}")
         if teacher is None and cfg.get("teacher") is not None:
-            teacher = load_teacher(cfg["teacher"])
+            teacher = load_teacher(cfg["teacher"], key="distill.teacher")
         return cls(teacher, student, list(terms), example_input, cfg.get("tap_backend", "auto"))
 
     # -- modes and parameters ---------------------------------------------------------------

@@ -1,11 +1,21 @@
-"""Teachers: load any torchvision / timm / user model with a local checkpoint, and split a teacher into stages.
+"""Teachers: torchvision, timm, the project's own and user-registered models with a local checkpoint, and a
+teacher split into stages.
 
 `load_teacher(spec)` takes a plain config value:
 
     "resnet50"                                        # torchvision name, random weights (a warning-free test stub)
     {name: resnet50, checkpoint: ckpt/r50.pth}       # torchvision.models.get_model(name, weights=None) + local weights
     {name: "timm:tf_efficientnet_b7", checkpoint: ...}   # timm, when installed (extra `teachers`)
-    {name: "my_pkg.models:build_teacher", kwargs: {depth: 50}, checkpoint: ...}   # any callable
+    {name: small_cnn, kwargs: {widths: [32, 48, 64]}}    # a teacher registered by name (TEACHERS)
+
+Teachers come from registries only, never from an import path in a config (a
+`module:callable` name would let a config run any code). The names a config
+can use: torchvision's models, timm's (`timm:<name>`, when timm is installed),
+the project's teachers and models (`TEACHERS`, `MODELS`: `small_cnn`,
+`digits_cnn`, ...), and whatever a user registers from Python:
+
+    from core.distill import register_teacher
+    register_teacher("my_resnet", build_my_resnet)   # then `teacher: {name: my_resnet, kwargs: {...}}`
 
 Nothing downloads: torchvision models are built with `weights=None` and timm
 models with `pretrained=False`; weights come from `checkpoint`, loaded with
@@ -23,9 +33,7 @@ needed has run. It is how DNA's blockwise distillation sees a teacher.
 
 from __future__ import annotations
 
-import importlib
-import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,50 +41,96 @@ import torch
 from torch import nn
 
 from core.distill.taps import Taps, resolve_module
-from core.engine.registry import ConfigError
+from core.engine.registry import MODELS, TEACHERS, ConfigError, check_kwargs
 from core.engine.runs import load_checkpoint
 
 _STATE_KEYS = ("state_dict", "model", "model_state_dict", "net", "module", "ema", "model_ema")
 _SPEC_KEYS = {"name", "checkpoint", "kwargs", "strict", "state_dict_key", "prefix"}
 
 
-def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    if ":" in name:
-        source, _, target = name.partition(":")
-        if source == "timm":
-            try:
-                import timm
-            except ImportError:
-                raise ConfigError(f"teacher.name: {name!r} needs timm, which is not installed "
-                                  "(pip install 'archforge[teachers]' or pip install timm)") from None
-            return timm.create_model(target, pretrained=False, **kwargs)
-        if source == "torchvision":
-            return _torchvision(target, kwargs)
-        try:
-            module = importlib.import_module(source)
-        except ImportError as e:
-            raise ConfigError(f"teacher.name: cannot import module {source!r} of {name!r}: {e}") from None
-        try:
-            factory = getattr(module, target)
-        except AttributeError:
-            raise ConfigError(f"teacher.name: module {source!r} has no attribute {target!r}") from None
-        model = factory(**kwargs)
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"teacher.name: {name!r} returned a {type(model).__name__}, not an nn.Module")
-        return model
-    return _torchvision(name, kwargs)
+def register_teacher(name: str, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Make `builder(**kwargs) -> nn.Module` available to configs as `teacher: {name: <name>, kwargs: {...}}`."""
+    return TEACHERS.register(name, builder)
 
 
-def _torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        return None
+    return timm
+
+
+def _resolve(name: str, key: str) -> tuple[str, Callable[..., nn.Module] | str]:
+    """(source, builder or model name) for a teacher name, without building anything."""
+    source, sep, target = name.partition(":")
+    if sep and source == "timm":
+        timm = _timm()
+        if timm is None:
+            raise ConfigError(f"{key}.name: {name!r} needs timm, which is not installed "
+                              "(pip install 'archforge[teachers]' or pip install timm)")
+        if not timm.is_model(target):
+            raise ConfigError(f"{key}.name: {target!r} is not a timm model")
+        return "timm", target
+    if sep and source == "torchvision":
+        name = target
+    elif sep:
+        raise ConfigError(f"{key}.name: {name!r} is an import path; a config never names code to import. "
+                          "Use a torchvision model (resnet50), 'timm:<name>', a registered teacher "
+                          f"({', '.join(TEACHERS.names()) or 'none'}), or register your own from Python with "
+                          "core.distill.register_teacher(name, builder)")
+    if not sep and name in TEACHERS:
+        return "registry", TEACHERS.get(name)
+    if not sep and name in MODELS:
+        return "registry", MODELS.get(name)
     import torchvision
 
+    if name not in torchvision.models.list_models():
+        raise ConfigError(f"{key}.name: {name!r} is not a torchvision model or a registered teacher "
+                          f"({', '.join(TEACHERS.names()) or 'none'}); use a torchvision name (resnet50, "
+                          "efficientnet_b7, ...), 'timm:<name>', or register_teacher(name, builder) from Python")
+    return "torchvision", name
+
+
+def _build(name: str, kwargs: dict[str, Any], key: str = "teacher") -> nn.Module:
+    source, target = _resolve(name, key)
     try:
-        return torchvision.models.get_model(name, weights=None, **kwargs)
-    except ValueError as e:
-        if "Unknown model" in str(e) or name not in torchvision.models.list_models():
-            raise ConfigError(f"teacher.name: {name!r} is not a torchvision model; use a torchvision name "
-                              "(resnet50, efficientnet_b7, ...), 'timm:<name>' or 'package.module:callable'") from None
-        raise
+        if source == "timm":
+            model = _timm().create_model(target, pretrained=False, **kwargs)
+        elif source == "torchvision":
+            import torchvision
+
+            model = torchvision.models.get_model(target, weights=None, **kwargs)
+        else:
+            model = target(**check_kwargs(target, kwargs, f"{key}.kwargs"))
+    except TypeError as err:
+        raise ConfigError(f"{key}.kwargs: {name!r} does not take {kwargs!r} ({str(err).splitlines()[0]})") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{key}.name: {name!r} built a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def check_teacher_spec(spec: Any, key: str = "teacher") -> None:
+    """Check a teacher spec's keys and name (and, for registered teachers, its kwargs) without building it,
+    so a config with a bad teacher fails before any work is spent."""
+    if spec is None or isinstance(spec, nn.Module):
+        return
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise ConfigError(f"{key}: expected a model name or a mapping with name (and checkpoint, kwargs), "
+                          f"got {spec!r}")
+    unknown = sorted(set(spec) - _SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key; a teacher takes {', '.join(sorted(_SPEC_KEYS))}")
+    kwargs = spec.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"{key}.kwargs: expected a mapping, got {kwargs!r}")
+    source, target = _resolve(str(spec["name"]), key)
+    if source == "registry":
+        check_kwargs(target, kwargs, f"{key}.kwargs", provided=())
+    if spec.get("checkpoint") and not Path(str(spec["checkpoint"])).expanduser().is_file():
+        raise FileNotFoundError(f"{key}.checkpoint: file not found: {Path(str(spec['checkpoint'])).expanduser()}")
 
 
 def _state_dict(payload: Any, path: Path, key: str | None) -> dict[str, torch.Tensor]:
@@ -111,11 +165,7 @@ def load_state(model: nn.Module, checkpoint: str | Path, strict: bool = True, st
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"teacher.checkpoint: file not found: {path}")
-    try:
-        payload = load_checkpoint(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ConfigError(f"teacher.checkpoint: cannot load {path} with torch.load(weights_only=True): "
-                          f"{str(e).splitlines()[0]}") from None
+    payload = load_checkpoint(path, "teacher.checkpoint")
     state = _strip(_state_dict(payload, path, state_dict_key), prefix)
     try:
         result = model.load_state_dict(state, strict=strict)
@@ -130,21 +180,22 @@ def load_state(model: nn.Module, checkpoint: str | Path, strict: bool = True, st
     return model
 
 
-def load_teacher(spec: str | Mapping[str, Any] | nn.Module, freeze: bool = True) -> nn.Module:
-    """Build a teacher from `spec` (see the module docstring), load its checkpoint, freeze it in eval mode."""
+def load_teacher(spec: str | Mapping[str, Any] | nn.Module, freeze: bool = True, key: str = "teacher") -> nn.Module:
+    """Build a teacher from `spec` (see the module docstring), load its checkpoint, freeze it in eval mode.
+    `key` is the spec's place in the config, for error messages (e.g. `strategy.teacher`)."""
     if isinstance(spec, nn.Module):
         model = spec
     else:
         if isinstance(spec, str):
             spec = {"name": spec}
         if not isinstance(spec, Mapping) or "name" not in spec:
-            raise ConfigError(f"teacher: expected a model name or a mapping with name (and checkpoint, kwargs), "
+            raise ConfigError(f"{key}: expected a model name or a mapping with name (and checkpoint, kwargs), "
                               f"got {spec!r}")
         unknown = sorted(set(spec) - _SPEC_KEYS)
         if unknown:
-            raise ConfigError(f"teacher.{unknown[0]}: unknown key; a teacher takes {', '.join(sorted(_SPEC_KEYS))}")
+            raise ConfigError(f"{key}.{unknown[0]}: unknown key; a teacher takes {', '.join(sorted(_SPEC_KEYS))}")
         kwargs = dict(spec.get("kwargs") or {})
-        model = _build(str(spec["name"]), kwargs)
+        model = _build(str(spec["name"]), kwargs, key)
         if spec.get("checkpoint"):
             load_state(model, spec["checkpoint"], strict=spec.get("strict", True),
                        state_dict_key=spec.get("state_dict_key"), prefix=spec.get("prefix"))
@@ -255,3 +306,6 @@ class SmallCNN(nn.Module):
         for stage in self.stages:
             x = stage(x)
         return self.head(x)
+
+
+register_teacher("small_cnn", SmallCNN)

@@ -11,6 +11,22 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from core.engine.registry import ConfigError
+
+
+class DataError(ValueError):
+    """A data file that cannot be read as what it should be (a corrupt image, a truncated record, a refused
+    pickle). The message names the file (and the record or entry); a search stops on it rather than failing
+    every candidate the same way."""
+
+
+def image_error(err: Exception) -> str:
+    """A short reason from PIL's error (its own messages repeat the file object's repr)."""
+    if type(err).__name__ == "UnidentifiedImageError":
+        return "not in an image format PIL reads"
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:160]
+
 
 @dataclass
 class DataSplits:
@@ -67,3 +83,9 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     return batch
+
+
+def check_fraction(value: float, key: str, low_open: bool = True) -> None:
+    """Raise ConfigError naming `key` unless `value` is a fraction in (0, 1) (or [0, 1) when not `low_open`)."""
+    if not isinstance(value, (int, float)) or not (0 < value < 1 if low_open else 0 <= value < 1):
+        raise ConfigError(f"{key}: expected a fraction in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")

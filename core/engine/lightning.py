@@ -141,6 +141,9 @@ def make_trainer(train_cfg: dict[str, Any], run_dir: Path, progress: bool = True
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    warnings.filterwarnings("ignore", category=PossibleUserWarning)  # hints about tiny data, not errors
     return L.Trainer(
         max_epochs=train_cfg["epochs"], accelerator=train_cfg["accelerator"], devices=train_cfg["devices"],
         strategy=train_cfg["strategy"], precision=train_cfg["precision"],

@@ -60,20 +60,27 @@ class Registry:
         except KeyError:
             raise ConfigError(f"{key}: unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}") from None
 
-    def build(self, section: Mapping[str, Any], key: str, optional: Mapping[str, Any] | None = None,
-              **extra: Any) -> Any:
-        """Build `section["name"]` with the section's other keys as keyword arguments, plus `extra`, plus those
-        of `optional` the component's signature takes (e.g. the task, which only some components need)."""
+    def check(self, section: Mapping[str, Any], key: str, provided: tuple[str, ...] | None = ()) -> Callable:
+        """Check `section` against its component's signature without building it (`provided`: the arguments
+        the caller adds; None: not known yet, required arguments are not checked); return the component."""
         section = dict(section or {})
         if "name" not in section:
             raise ConfigError(f"{key}.name: missing; choose a {self.kind} from {', '.join(self.names())}")
         target = self.get(section.pop("name"), f"{key}.name")
-        kwargs = check_kwargs(target, section, key)
-        params = inspect.signature(target).parameters
-        for name, value in (optional or {}).items():
-            if name in params and name not in kwargs:
-                kwargs[name] = value
-        return target(**kwargs, **extra)
+        check_kwargs(target, section, key, provided=provided)
+        return target
+
+    def build(self, section: Mapping[str, Any], key: str, optional: Mapping[str, Any] | None = None,
+              **extra: Any) -> Any:
+        """Build `section["name"]` with the section's other keys as keyword arguments, plus `extra`, plus those
+        of `optional` the component's signature takes (e.g. the task, which only some components need)."""
+        target = self.get(dict(section or {}).get("name"), f"{key}.name") if isinstance(section, Mapping) \
+            and "name" in section else None
+        accepted = inspect.signature(target).parameters if target is not None else {}
+        optional = {k: v for k, v in (optional or {}).items() if k in accepted}
+        target = self.check(section, key, provided=(*extra, *optional))
+        kwargs = {k: v for k, v in dict(section).items() if k != "name"}
+        return target(**kwargs, **{k: v for k, v in optional.items() if k not in kwargs}, **extra)
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -101,8 +108,15 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def check_kwargs(target: Callable, section: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """Validate `section` against `target`'s keyword parameters; raise ConfigError naming the key."""
+def check_kwargs(target: Callable, section: Mapping[str, Any], key: str,
+                 provided: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Validate `section` against `target`'s keyword parameters; raise ConfigError naming the key.
+
+    Unknown keys and wrong types always fail. With `provided` (the names the caller passes itself), a
+    required parameter that neither the section nor the caller gives fails too. A dictionary the target
+    passes on as keyword arguments (declared by `target.nested_kwargs(section) -> {name: (callable,
+    extra allowed names, names the target sets itself)}`) is checked against what it feeds.
+    """
     sig = inspect.signature(target)
     params = sig.parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -110,8 +124,12 @@ def check_kwargs(target: Callable, section: Mapping[str, Any], key: str) -> dict
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
     except Exception:  # unresolved forward references: fall back to no type checks
         hints = {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of arguments, got {section!r}")
     out = {}
     for name, value in section.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"{key}.{name}: keys must be names, got {name!r}")
         if name not in params and not accepts_any:
             known = [p for p in params if p not in ("self",)]
             raise ConfigError(f"{key}.{name}: unknown key; {key} takes {', '.join(known)}")
@@ -119,6 +137,31 @@ def check_kwargs(target: Callable, section: Mapping[str, Any], key: str) -> dict
         if name in params and not _type_ok(value, annotation):
             raise ConfigError(f"{key}.{name}: expected {_type_name(annotation)}, got {value!r}")
         out[name] = value
+    if provided is not None:
+        for name, p in params.items():
+            if (p.default is inspect.Parameter.empty and name != "self"
+                    and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+                    and name not in section and name not in provided):
+                raise ConfigError(f"{key}.{name}: missing; {key} needs {name}")
+    nested = getattr(target, "nested_kwargs", None)
+    if callable(nested):
+        for name, (feeds, extra, fixed) in nested(section).items():
+            value = section.get(name)
+            if not isinstance(value, Mapping):
+                continue
+            named = [p for p, v in inspect.signature(feeds).parameters.items()
+                     if v.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+                     and p != "self" and p not in fixed]
+            for sub in value:
+                if sub in fixed:
+                    raise ConfigError(f"{key}.{name}.{sub}: set by {key} itself; it cannot be passed here")
+                if sub in extra:
+                    continue
+                if sub not in named:
+                    raise ConfigError(f"{key}.{name}.{sub}: unknown key; {key}.{name} feeds "
+                                      f"{getattr(feeds, '__name__', feeds)}, which takes "
+                                      f"{', '.join([*named, *extra])}")
+                check_kwargs(feeds, {sub: value[sub]}, f"{key}.{name}")
     return out
 
 
@@ -127,4 +170,5 @@ STRATEGIES = Registry("strategy", providers=("core.strategies", "core.oneshot"))
 EVALUATORS = Registry("evaluator", providers=("core.evaluation",))
 DATASETS = Registry("dataset")
 MODELS = Registry("model")
+TEACHERS = Registry("teacher", providers=("core.distill.teachers", "core.zoo.compression.teachers"))
 TASKS = Registry("task")

@@ -8,11 +8,26 @@ import os
 import random
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -46,11 +61,38 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint this suite can read safely (random bytes, text, another program's pickle)."""
+
+
+def load_checkpoint(path: str | Path, key: str | None = None) -> dict[str, Any]:
+    """`torch.load(path, weights_only=True)` on CPU. A file that is not a weights-only checkpoint raises
+    `CheckpointError` with one line naming `key` and the path (never torch's advice to drop `weights_only`)."""
+    import pickle
+    import re
+    import zipfile
+
     path = Path(path)
+    where = f"{key}: " if key else ""
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{where}checkpoint not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError,
+            IndexError, OSError, zipfile.BadZipFile, UnicodeDecodeError, MemoryError, OverflowError) as err:
+        text = str(err)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            reason = f"it would call {found.group(1)}, which a weights-only load refuses"
+        elif isinstance(err, EOFError) or "Ran out of input" in text:
+            reason = "it is empty or cut short"
+        elif "failed finding central directory" in text or "PytorchStreamReader" in text:
+            reason = "a damaged or cut-short zip archive"
+        else:
+            reason = "not a PyTorch checkpoint"
+        raise CheckpointError(f"{where}{path} is not a checkpoint archforge can read ({reason})") from None
 
 
 def save_epoch_state(path: str | Path, fmt: str, space: Any, epoch: int, history: list,
@@ -70,8 +112,8 @@ def resume_epoch_state(path: str | Path | None, fmt: str, space: Any, what: str,
     """
     if not (path and Path(path).is_file()):
         return 0, [], {}
-    payload = load_checkpoint(path)
-    if payload.get("format") != fmt or payload.get("space") != type(space).__name__:
+    payload = load_checkpoint(path, "strategy.checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") != fmt or payload.get("space") != type(space).__name__:
         raise ValueError(f"strategy.checkpoint: {path} is not a {what} checkpoint of {type(space).__name__}; "
                          f"use another path")
     for name, obj in stateful.items():
@@ -81,6 +123,9 @@ def resume_epoch_state(path: str | Path | None, fmt: str, space: Any, what: str,
 
 def make_run_dir(cfg: dict[str, Any], kind: str) -> Path:
     """`runs/<config name>/<time>-<kind>/`, unique even when two runs start in the same second."""
+    from core.engine.validate import check_run_name
+
+    check_run_name(cfg["run"].get("name"))
     name = cfg["run"].get("name") or Path(cfg.get("_source_", "run")).stem
     base = Path(cfg["run"]["dir"]) / name
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -43,6 +43,8 @@ class CompressionEvaluator(Evaluator):
     `teacher_epochs` (Adam, `teacher_lr`), once per evaluator, seeded.
     """
 
+    metrics = ("reward", "accuracy", "compression", "params", "macs", "teacher_accuracy")
+
     def __init__(self, space: SearchSpace, data: DataSplits, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3,
                  weight_decay: float = 5e-4, teacher_epochs: int = 30, teacher_lr: float = 1e-3,
                  sample_ratio: float = 1.0, seed: int = 0, threads: int | None = 1):

@@ -114,6 +114,8 @@ class ContrastiveEvaluator(Evaluator):
     `build` (extra keyword arguments for `space.build`, e.g. `{channel_divisor: 2}`).
     """
 
+    metrics = ("contrastive_loss", "contrastive_loss_first", "params", "macs")
+
     def __init__(self, space: SearchSpace, data: DataSplits, epochs: int = 10, batch_size: int = 256,
                  lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0, temperature: float = 0.07,
                  projection_dim: int = 128, shift: int = 1, noise: float = 0.1, sample_ratio: float = 1.0,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -54,6 +55,14 @@ _PATH_MODES = ("auto", "activate", "inherit")
 @EVALUATORS.register("supernet")
 class SupernetEvaluator(Evaluator):
     """Weight inheritance from a SPOS supernet with BN recalibration (see the module docstring)."""
+
+    metrics = ("params", "macs")
+    scores_with_task = True
+
+    @staticmethod
+    def nested_kwargs(section: Mapping[str, Any]) -> dict[str, tuple[Any, tuple[str, ...], tuple[str, ...]]]:
+        """`train` holds the SPOS trainer's settings (checked against `SPOSTrainer` before anything trains)."""
+        return {"train": (SPOSTrainer, (), ("space", "data", "task", "epochs"))}
 
     def __init__(self, space: SearchSpace, data: DataSplits, task: Task, supernet: str | nn.Module | None = None,
                  epochs: int = 10, train: dict | None = None, checkpoint: str | None = None, bn_batches: int = 4,

@@ -138,6 +138,8 @@ class TabularEvaluator(Evaluator):
     accuracy, val_accuracy, test_accuracy, val_loss, params, macs, train_seconds, epoch.
     """
 
+    metrics = ("accuracy", "val_accuracy", "test_accuracy", "val_loss", "params", "macs", "train_seconds", "epoch")
+
     def __init__(self, space: SearchSpace | None = None, data: Any = None, path: str | None = None,
                  epoch: int | None = None, metric: str = "val", seed: int | None = None):
         from core.zoo.cell201 import Cell201Space

@@ -40,6 +40,9 @@ class NaNLoss(RuntimeError):
 
 @EVALUATORS.register("train")
 class TrainEvaluator(Evaluator):
+    metrics = ("params", "macs")
+    scores_with_task = True
+
     def __init__(self, space: SearchSpace, data: DataSplits, task: Task, epochs: int = 3, batch_size: int = 64,
                  lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 4e-5, channel_divisor: int = 1,
                  resolution_divisor: int = 1, sample_ratio: float = 1.0, seed: int = 0, threads: int | None = 1,

@@ -56,6 +56,9 @@ class Searcher:
     task: Task | None = None
     checkpoint: Path | None = None
     progress: bool = False
+    #: scores candidates with the configured evaluator (`context.make_evaluator`), so the objective's metric
+    #: is checked against what that evaluator reports before the search starts
+    uses_evaluator: bool = False
 
     def search(self, context: SearchContext) -> Arch:
         if self.task is None:

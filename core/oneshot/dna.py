@@ -68,7 +68,7 @@ from tqdm.auto import tqdm
 from core.task import Task
 from core.oneshot.base import Searcher
 from core.engine.progress import progress_enabled
-from core.distill.teachers import StagedTeacher, load_teacher
+from core.distill.teachers import StagedTeacher, check_teacher_spec, load_teacher
 from core.engine.data import DataSplits
 from core.engine.registry import STRATEGIES, ConfigError
 from core.engine.runs import load_checkpoint, save_checkpoint
@@ -267,6 +267,7 @@ class DNASearch(Searcher):
             raise ConfigError(f"strategy.fixed_blocks: block indices must be ints in [-{n}, {n}), got {fixed_blocks!r}")
         self.fixed_blocks = sorted({b % n for b in fixed_blocks}) if fixed_blocks else []
         self.space, self.seed, self.objective = space, seed, objective
+        check_teacher_spec(teacher, "strategy.teacher")  # a bad name or kwargs fail now, not after data loading
         self.teacher_spec, self.teacher_stages = teacher, list(teacher_stages) if teacher_stages else None
         self.epochs_per_block, self.lr_decay, self.weight_decay = epochs_per_block, lr_decay, weight_decay
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
@@ -322,7 +323,7 @@ class DNASearch(Searcher):
             if self.teacher_spec is None:
                 raise ConfigError("strategy.teacher: missing; DNA needs a teacher, e.g. "
                                   "{name: efficientnet_b7, checkpoint: weights/b7.pth}")
-            teacher = load_teacher(self.teacher_spec)
+            teacher = load_teacher(self.teacher_spec, key="strategy.teacher")
         if isinstance(teacher, StagedTeacher):
             staged = teacher
         else:

@@ -151,6 +151,8 @@ class EcoNAS(Strategy, Searcher):
     epochs `run` may spend).
     """
 
+    uses_evaluator = True
+
     def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None,
                  population_size: int = 16, iterations: int = 100, segments: int = 3,
                  segment_epochs: int | None = None, continue_top: list | None = None, children: list | None = None,

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from core.engine.data import DataSplits
 from core.data.digits import digits, stratified_split
-from core.engine.registry import DATASETS
+from core.engine.data import DataError, DataSplits, check_fraction, image_error
+from core.engine.registry import DATASETS, ConfigError
 
 
 DATASETS.register("digits", digits)
@@ -32,10 +31,34 @@ def _image_transforms(image_size: int, train: bool, mean, std):
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
 
 
+def load_image(path: str):
+    """torchvision's ImageFolder loader, with a file that is not a readable image reported by its path."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{path}: not a readable image ({image_error(err)})") from None
+
+
+
 def _holdout(dataset: Dataset, eval_dataset: Dataset, targets: list[int], fraction: float, seed: int):
     """Split a folder that has no validation set: train part keeps augmentation, val part does not."""
     held, kept = stratified_split(np.asarray(targets), (fraction,), seed)
+    if len(held) == 0 or len(kept) == 0:
+        raise ConfigError(f"data.val_fraction: {fraction} of {len(targets)} training images leaves "
+                          f"{'no validation' if len(held) == 0 else 'no training'} image; change it, or add a "
+                          "val folder")
     return Subset(dataset, kept.tolist()), Subset(eval_dataset, held.tolist())
+
+
+def _image_folder(cls, path: Path, transform, key: str):
+    try:
+        return cls(path, transform=transform)
+    except FileNotFoundError as err:  # torchvision: "Couldn't find any class folder" / "Found no valid file"
+        raise FileNotFoundError(f"{key}: {str(err).splitlines()[0]}") from None
 
 
 @DATASETS.register("imagefolder")
@@ -47,18 +70,25 @@ def imagefolder(root: str, train_dir: str = "train", val_dir: str | None = "val"
     Without a `val` folder, `val_fraction` of train is held out (stratified).
     Without a `test` folder, the validation set doubles as the test set.
     """
-    from torchvision.datasets import ImageFolder
+    from functools import partial
 
+    from torchvision.datasets import ImageFolder as TorchImageFolder
+
+    check_fraction(val_fraction, "data.val_fraction")
+    if image_size < 1:
+        raise ConfigError(f"data.image_size: expected an integer >= 1, got {image_size!r}")
+    ImageFolder = partial(TorchImageFolder, loader=load_image)
     base = _require_dir(Path(root).expanduser(), "data.root")
     train_path = _require_dir(base / train_dir, "data.train_dir")
     train_tf, eval_tf = (_image_transforms(image_size, t, mean, std) for t in (True, False))
-    train_full = ImageFolder(train_path, transform=train_tf)
+    train_full = _image_folder(ImageFolder, train_path, train_tf, "data.train_dir")
     if val_dir and (base / val_dir).is_dir():
-        train, val = train_full, ImageFolder(base / val_dir, transform=eval_tf)
+        train, val = train_full, _image_folder(ImageFolder, base / val_dir, eval_tf, "data.val_dir")
     else:
         train, val = _holdout(train_full, ImageFolder(train_path, transform=eval_tf), train_full.targets,
                               val_fraction, seed)
-    test = ImageFolder(_require_dir(base / test_dir, "data.test_dir"), transform=eval_tf) if test_dir else val
+    test = _image_folder(ImageFolder, _require_dir(base / test_dir, "data.test_dir"), eval_tf, "data.test_dir") \
+        if test_dir else val
     return DataSplits(f"imagefolder:{base}", train, val, test, (3, image_size, image_size),
                       num_classes=len(train_full.classes), class_names=list(train_full.classes))
 
@@ -87,24 +117,40 @@ class _ArrayImages(Dataset):
         return (x - self.mean) / self.std, self.labels[i]
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, keys: tuple[str, ...]) -> dict:
+    """One CIFAR python batch, read with a restricted unpickler (dicts, lists, str, ints and numpy arrays only:
+    a file naming any other global is refused, never run)."""
+    from core.engine.safe_pickle import NUMPY_ARRAYS, safe_load
+
     if not path.is_file():
         raise FileNotFoundError(f"data.root: CIFAR file not found: {path}")
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    batch = safe_load(path, NUMPY_ARRAYS, "CIFAR python batch", encoding="latin1")
+    if not isinstance(batch, dict) or any(k not in batch for k in keys):
+        found = sorted(batch)[:6] if isinstance(batch, dict) else type(batch).__name__
+        raise DataError(f"{path}: not a CIFAR python batch (expected keys {list(keys)}, found {found})")
+    return batch
 
 
 def read_cifar(folder: Path, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Read the python-pickle CIFAR release (`cifar-10-batches-py` or `cifar-100-python`) into NHWC uint8."""
+    label_key, names_key = ("labels", "label_names") if variant == "cifar10" else ("fine_labels", "fine_label_names")
+    batch_keys = ("data", label_key)
     if variant == "cifar10":
-        train = [_unpickle(folder / f"data_batch_{i}") for i in range(1, 6)]
-        test, meta, label_key, names_key = _unpickle(folder / "test_batch"), _unpickle(folder / "batches.meta"), "labels", "label_names"
+        train = [_unpickle(folder / f"data_batch_{i}", batch_keys) for i in range(1, 6)]
+        test, meta = _unpickle(folder / "test_batch", batch_keys), _unpickle(folder / "batches.meta", (names_key,))
     else:
-        train = [_unpickle(folder / "train")]
-        test, meta, label_key, names_key = _unpickle(folder / "test"), _unpickle(folder / "meta"), "fine_labels", "fine_label_names"
+        train = [_unpickle(folder / "train", batch_keys)]
+        test, meta = _unpickle(folder / "test", batch_keys), _unpickle(folder / "meta", (names_key,))
 
     def arrays(batches):
-        x = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches]).reshape(-1, 3, 32, 32)
+        xs = []
+        for b in batches:
+            x = np.asarray(b["data"])
+            if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(b[label_key]) != len(x):
+                raise DataError(f"{folder}: a CIFAR batch holds data of shape {x.shape} and dtype {x.dtype} with "
+                                f"{len(b[label_key])} labels (expected N x 3072 uint8 and N labels)")
+            xs.append(x)
+        x = np.concatenate(xs).reshape(-1, 3, 32, 32)
         y = np.concatenate([np.asarray(b[label_key]) for b in batches])
         return x.transpose(0, 2, 3, 1), y
 
@@ -119,8 +165,9 @@ def cifar(root: str, variant: str = "cifar10", val_fraction: float = 0.1, seed: 
     `val_fraction` of the training set is held out for search; the official test set is the test split.
     """
     folders = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+    check_fraction(val_fraction, "data.val_fraction")
     if variant not in folders:
-        raise ValueError(f"data.variant: expected one of {sorted(folders)}, got {variant!r}")
+        raise ConfigError(f"data.variant: expected one of {sorted(folders)}, got {variant!r}")
     base = _require_dir(Path(root).expanduser(), "data.root")
     folder = base / folders[variant] if (base / folders[variant]).is_dir() else base
     xtr, ytr, xte, yte, names = read_cifar(folder, variant)

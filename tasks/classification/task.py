@@ -51,7 +51,7 @@ class ClassificationTask(Task):
     def build_context(self, data: DataSplits) -> dict[str, Any]:
         return {"in_channels": data.input_shape[0], "num_classes": data.num_classes}
 
-    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits, searched: Arch | None = None) -> Arch:
         if name in BUDGET_BASELINES:
             from core.objective import Constraint
 

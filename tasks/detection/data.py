@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.engine.data import DataSplits, cache_dir
+from core.engine.data import DataError, DataSplits, cache_dir, image_error
 from core.engine.registry import DATASETS, ConfigError
 from core.engine.runs import atomic_write_text
 
@@ -43,16 +43,58 @@ def coco_index(dataset: dict[str, Any]):
     return coco
 
 
+def clean_annotations(data: dict[str, Any], category_ids: Sequence[int], key: str, path: Path) -> dict[str, Any]:
+    """`data` without the annotations no detector can learn from or be scored on: an unknown `category_id`
+    (not among the training file's categories), a box that is not 4 finite numbers with positive width and
+    height, or an `image_id` not in `images`. They are dropped from training and evaluation alike (the ground
+    truth mAP is computed on is the same set the detector trains on), with one warning line per file that
+    counts them and names an example id."""
+    import sys
+
+    known, images = set(category_ids), {img.get("id") for img in data["images"]}
+    kept, dropped = [], {}
+    for ann in data["annotations"]:
+        box = ann.get("bbox")
+        if ann.get("category_id") not in known:
+            why = "an unknown category_id"
+        elif not (isinstance(box, (list, tuple)) and len(box) == 4
+                  and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
+            why = "a malformed bbox"
+        elif box[2] <= 0 or box[3] <= 0:
+            why = "a box of zero or negative size"
+        elif ann.get("image_id") not in images:
+            why = "an image_id not in images"
+        else:
+            kept.append(ann)
+            continue
+        dropped.setdefault(why, []).append(ann.get("id"))
+    if dropped:
+        parts = ", ".join(f"{len(ids)} with {why} (e.g. id {ids[0]})" for why, ids in dropped.items())
+        print(f"archforge: warning: {key}: {path}: dropped {sum(map(len, dropped.values()))} of "
+              f"{len(data['annotations'])} annotations from training and evaluation: {parts}",
+              file=sys.stderr, flush=True)
+        data = {**data, "annotations": kept}
+    return data
+
+
 def _load_json(path: Path, key: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{key}: annotation file not found: {path}")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{key}: {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key}: {path} is not COCO-format JSON (a {type(data).__name__}, not an object)")
     for field in ("images", "annotations", "categories"):
-        if field not in data:
-            raise ConfigError(f"{key}: {path} is not COCO-format JSON (no {field!r})")
+        if not isinstance(data.get(field), list):
+            raise ConfigError(f"{key}: {path} is not COCO-format JSON (no {field!r} list)")
+    for field in ("images", "categories"):
+        for entry in data[field]:
+            if not isinstance(entry, dict) or "id" not in entry:
+                raise ConfigError(f"{key}: {path}: an entry of {field!r} has no 'id': {str(entry)[:80]}")
+    if not all(isinstance(a, dict) for a in data["annotations"]):
+        raise ConfigError(f"{key}: {path}: 'annotations' holds something other than objects")
     return data
 
 
@@ -81,8 +123,11 @@ class CocoDetection(Dataset):
         path = self.image_dir / self.coco.imgs[image_id]["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"data: image not found: {path}")
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+        try:
+            with Image.open(path) as img:
+                array = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+        except (OSError, ValueError, SyntaxError) as err:
+            raise DataError(f"{path}: not a readable image ({image_error(err)})") from None
         tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
         if self.cache:
             self._images[image_id] = tensor
@@ -92,8 +137,8 @@ class CocoDetection(Dataset):
         boxes, labels = [], []
         for ann in self.coco.imgToAnns.get(image_id, []):
             x, y, w, h = ann["bbox"]
-            if ann.get("iscrowd", 0) or w < 1 or h < 1 or ann["category_id"] not in self.label_of:
-                continue
+            if ann.get("iscrowd", 0) or w <= 0 or h <= 0 or ann["category_id"] not in self.label_of:
+                continue  # crowd regions are ignored in training; `coco()` already dropped invalid boxes
             boxes.append([x, y, x + w, y + h])
             labels.append(self.label_of[ann["category_id"]])
         return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
@@ -140,6 +185,9 @@ def coco(root: str, train_ann: str = "annotations/instances_train2017.json", tra
     va = _load_json(base / val_ann, "data.val_ann")
     te = _load_json(base / test_ann, "data.test_ann") if test_ann else va
     cats = sorted(c["id"] for c in tr["categories"])
+    tr = clean_annotations(tr, cats, "data.train_ann", base / train_ann)
+    va = clean_annotations(va, cats, "data.val_ann", base / val_ann)
+    te = clean_annotations(te, cats, "data.test_ann", base / test_ann) if test_ann else va
     train = CocoDetection(base / train_images, tr, flip=flip, cache=cache, category_ids=cats)
     val = CocoDetection(base / val_images, va, cache=cache, category_ids=cats)
     test = CocoDetection(base / (test_images or val_images), te, cache=cache, category_ids=cats)
@@ -163,20 +211,29 @@ def voc_to_coco(root: Path, split: str, classes: Sequence[str], use_difficult: b
         xml = root / "Annotations" / f"{stem}.xml"
         if not xml.is_file():
             raise FileNotFoundError(f"data.root: VOC annotation not found: {xml}")
-        tree = ET.parse(xml).getroot()
-        size = tree.find("size")
-        width, height = int(size.findtext("width")), int(size.findtext("height"))
+        try:
+            tree = ET.parse(xml).getroot()
+        except ET.ParseError as err:
+            raise DataError(f"{xml}: not valid XML ({err})") from None
+        try:
+            size = tree.find("size")
+            width, height = int(size.findtext("width")), int(size.findtext("height"))
+        except (AttributeError, TypeError, ValueError):
+            raise DataError(f"{xml}: no <size> with integer <width> and <height>") from None
         filename = tree.findtext("filename") or f"{stem}.jpg"
         images.append({"id": image_id, "file_name": filename, "width": width, "height": height})
         for obj in tree.findall("object"):
-            name = obj.findtext("name").strip()
+            name = (obj.findtext("name") or "").strip()
             if name not in cat_of:
                 raise ConfigError(f"data.classes: {xml} has class {name!r} not in {list(classes)}")
             difficult = int(obj.findtext("difficult") or 0)
             if difficult and not use_difficult:
                 continue
-            bb = obj.find("bndbox")
-            x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            try:
+                bb = obj.find("bndbox")
+                x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except (AttributeError, TypeError, ValueError):
+                raise DataError(f"{xml}: an object {name!r} without a numeric <bndbox>") from None
             x1, y1 = x1 - 1, y1 - 1  # VOC pixel indices are 1-based
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_of[name],
                          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})

@@ -98,6 +98,20 @@ class HitDetectorSpace(SearchSpace):
     the identity (last BN weight 0), in `build` and in `supernet` alike.
     """
 
+    @staticmethod
+    def nested_kwargs(section: dict[str, Any]) -> dict[str, tuple[Any, tuple[str, ...], tuple[str, ...]]]:
+        """`detector_kwargs` feed torchvision's `FasterRCNN` or `RetinaNet` (`anchor_sizes` is read by us;
+        `size_divisible` and `fixed_size` go on to its `GeneralizedRCNNTransform`)."""
+        from torchvision.models.detection import FasterRCNN, RetinaNet
+
+        if section.get("detector", "faster_rcnn") == "retinanet":
+            return {"detector_kwargs": (RetinaNet, ("anchor_sizes", "size_divisible", "fixed_size"),
+                                        ("backbone", "num_classes", "min_size", "max_size", "anchor_generator",
+                                         "head"))}
+        return {"detector_kwargs": (FasterRCNN, ("anchor_sizes", "size_divisible", "fixed_size"),
+                                    ("backbone", "num_classes", "min_size", "max_size", "rpn_anchor_generator",
+                                     "box_roi_pool", "box_head", "box_predictor"))}
+
     def __init__(self, num_classes: int = 80, candidates: Any = "paper", detector: str = "faster_rcnn",
                  width: float = 1.0, divisor: int = 8, stage_blocks: Sequence[int] = (4, 4, 8, 4),
                  fpn_channels: int = 256, fc_channels: int = 512, head_blocks: int = 4, min_size: int = 800,
@@ -105,6 +119,9 @@ class HitDetectorSpace(SearchSpace):
                  init: str = "torch", zero_init_residual: bool = True):
         if detector not in ("faster_rcnn", "retinanet"):
             raise ConfigError(f"space.detector: expected faster_rcnn or retinanet, got {detector!r}")
+        from core.engine.registry import check_kwargs
+
+        check_kwargs(HitDetectorSpace, {"detector": detector, "detector_kwargs": detector_kwargs}, "space")
         if len(stage_blocks) != 4 or min(stage_blocks) < 1:
             raise ConfigError(f"space.stage_blocks: expected 4 positive block counts, got {list(stage_blocks)!r}")
         if width <= 0:

@@ -117,7 +117,7 @@ class DetectionTask(Task):
         return {"num_classes": data.num_classes, "min_size": size, "max_size": round(size * 1333 / 800)
                 if size >= 512 else size}
 
-    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits, searched: Arch | None = None) -> Arch:
         from tasks.detection.space import hit_detector_arch
 
         if name in ("hit_detector", "hitdet"):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.engine.data import DataSplits
+from core.engine.data import DataError, DataSplits
 from core.engine.registry import DATASETS, ConfigError
 from tasks.face_recognition.recordio import IndexedRecordReader, decode_image, unpack
 from tasks.face_recognition.verification import VerificationSet
@@ -50,7 +50,7 @@ class RecordFaceDataset(Dataset):
             raise FileNotFoundError(f"data.root: folder not found: {root}")
         self.reader = IndexedRecordReader(root / "train.rec", root / "train.idx")
         self.image_size, self.augment = image_size, augment
-        header, _ = unpack(self.reader.read(0))
+        header, _ = self._unpack(0)
         if header.flag > 0:
             self.keys = list(range(1, int(header.label[0])))
         else:
@@ -69,13 +69,23 @@ class RecordFaceDataset(Dataset):
     def labels(self) -> list[int]:
         """Every image's identity (reads the headers once)."""
         if self._labels is None:
-            self._labels = [self._label(unpack(self.reader.read(k))[0]) for k in self.keys]
+            self._labels = [self._label(self._unpack(k)[0]) for k in self.keys]
         return self._labels
 
+    def _unpack(self, key: int):
+        try:
+            return unpack(self.reader.read(key))
+        except ValueError as err:
+            if isinstance(err, DataError):
+                raise
+            raise DataError(f"{self.reader.rec}: record {key}: {err}") from None
+
     def __getitem__(self, i: int):
-        header, data = unpack(self.reader.read(self.keys[i]))
+        key = self.keys[i]
+        header, data = self._unpack(key)
         flip = self.augment and bool(torch.rand(()) < 0.5)
-        return _to_tensor(decode_image(data), self.image_size, flip), self._label(header)
+        image = decode_image(data, f"{self.reader.rec}: record {key}")
+        return _to_tensor(image, self.image_size, flip), self._label(header)
 
 
 class FolderFaceDataset(Dataset):
@@ -97,11 +107,9 @@ class FolderFaceDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         path, label = self.samples[i]
         flip = self.augment and bool(torch.rand(()) < 0.5)
-        return _to_tensor(np.array(Image.open(path).convert("RGB")), self.image_size, flip), label
+        return _to_tensor(decode_image(path.read_bytes(), str(path)), self.image_size, flip), label
 
 
 def _num_classes(root: Path, dataset) -> int:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.engine.data import DataError, image_error
+
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 IRHeader = namedtuple("IRHeader", "flag label id id2")
@@ -57,14 +59,19 @@ def read_record(f, path: str | Path = "record file") -> bytes:
     """Read one record at the file's position (joining split parts)."""
     parts = bytearray()
     while True:
+        start = f.tell()
         head = f.read(8)
         if len(head) < 8:
-            raise ValueError(f"{path}: truncated RecordIO record at byte {f.tell() - len(head)}")
+            raise DataError(f"{path}: truncated RecordIO record at byte {start} (file ends after {len(head)} "
+                            "header bytes)")
         magic, lrec = struct.unpack("<II", head)
         if magic != MAGIC:
-            raise ValueError(f"{path}: not a RecordIO record at byte {f.tell() - 8} (magic {magic:#x})")
+            raise DataError(f"{path}: not a RecordIO record at byte {start} (magic {magic:#x})")
         cflag, length = lrec >> 29, lrec & ((1 << 29) - 1)
         data = f.read((length + 3) & ~3)
+        if len(data) < length:
+            raise DataError(f"{path}: truncated RecordIO record at byte {start} ({len(data)} of {length} "
+                            "payload bytes)")
         parts += data[:length]
         if cflag in (0, 3):
             return bytes(parts)
@@ -116,11 +123,11 @@ class IndexedRecordReader:
 
     def read(self, key: int) -> bytes:
         if key not in self.offsets:
-            raise KeyError(f"{self.idx}: no record {key}")
+            raise DataError(f"{self.idx}: no record {key}")
         if self._file is None:
             self._file = open(self.rec, "rb")
         self._file.seek(self.offsets[key])
-        return read_record(self._file, self.rec)
+        return read_record(self._file, f"{self.rec}: record {key}")
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -134,19 +141,36 @@ class IndexedRecordReader:
 
 
 def write_indexed(rec: str | Path, records: Iterable[tuple[int, bytes]]) -> None:
-    """Write `(key, payload)` records to `rec` and its `.idx` (atomically: temporary files renamed at the end)."""
+    """Write `(key, payload)` records to `rec` and its `.idx`: both go to temporary files flushed to disk
+    (fsync), then are renamed over the targets back to back and the folder entry is synced, so neither file
+    is ever seen half-written. (Two renames are not one atomic step: a reader that needs both, like the
+    synthetic set, writes a marker file last.)"""
+    import os
+
+    from core.engine.runs import fsync_dir
+
     rec = Path(rec)
     idx = rec.with_suffix(".idx")
     rec.parent.mkdir(parents=True, exist_ok=True)
     tmp_rec, tmp_idx = rec.with_name(f".{rec.name}.tmp"), idx.with_name(f".{idx.name}.tmp")
-    lines = []
-    with open(tmp_rec, "wb") as f:
-        for key, payload in records:
-            lines.append(f"{key}\t{f.tell()}\n")
-            f.write(encode_record(payload))
-    tmp_idx.write_text("".join(lines))
-    tmp_rec.replace(rec)
-    tmp_idx.replace(idx)
+    try:
+        lines = []
+        with open(tmp_rec, "wb") as f:
+            for key, payload in records:
+                lines.append(f"{key}\t{f.tell()}\n")
+                f.write(encode_record(payload))
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp_idx, "w") as f:
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp_rec.replace(rec)
+        tmp_idx.replace(idx)
+    finally:
+        tmp_rec.unlink(missing_ok=True)
+        tmp_idx.unlink(missing_ok=True)
+    fsync_dir(rec.parent)
 
 
 def encode_image(image: np.ndarray, fmt: str = "JPEG", quality: int = 95) -> bytes:
@@ -158,11 +182,16 @@ def encode_image(image: np.ndarray, fmt: str = "JPEG", quality: int = 95) -> byt
     return buf.getvalue()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """JPEG/PNG bytes -> HWC uint8 RGB (what `mx.image.imdecode` returns)."""
-    from PIL import Image
+def decode_image(data: bytes, where: str = "image") -> np.ndarray:
+    """JPEG/PNG bytes -> HWC uint8 RGB (what `mx.image.imdecode` returns); `where` names the entry in errors
+    (`DataError`: "<file>: record 12: not a decodable image ...")."""
+    from PIL import Image, UnidentifiedImageError
 
-    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.array(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{where}: not a decodable image ({image_error(err)})") from None
 
 
 def write_face_rec(rec: str | Path, images: Sequence[np.ndarray], labels: Sequence[int], fmt: str = "JPEG") -> None:
@@ -184,8 +213,10 @@ def write_face_rec(rec: str | Path, images: Sequence[np.ndarray], labels: Sequen
             end = starts[k + 1] if k + 1 in starts else n + 1
             yield n + 1 + k, pack(IRHeader(2, [starts[k], end], n + 1 + k, 0), b"")
 
+    from core.engine.runs import atomic_write_text
+
     write_indexed(rec, records())
-    (Path(rec).parent / "property").write_text(f"{len(ids)},{images[0].shape[0]},{images[0].shape[1]}\n")
+    atomic_write_text(Path(rec).parent / "property", f"{len(ids)},{images[0].shape[0]},{images[0].shape[1]}\n")
 
 
 __all__ = [

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from core.engine.data import cache_dir
+from core.engine.runs import atomic_write_text
 
 VERSION = 1
 
@@ -127,7 +128,7 @@ def make_synthetic(identities: int = 64, images_per_identity: int = 16, pairs: i
                      encode_image(render(strangers[b], image_size, rng, pose, noise))]
             issame.append(same)
         write_bin(folder / f"synthetic_{split}.bin", bins, issame)
-    (folder / "done.json").write_text(json.dumps(params, indent=2) + "\n")
+    atomic_write_text(folder / "done.json", json.dumps(params, indent=2) + "\n")
     return folder
 
 

@@ -218,7 +218,7 @@ class FaceRecognitionTask(Task):
         row = ten_fold_accuracy(pair_distances(torch.cat(out).numpy()), issame)
         return {"accuracy": float(row["accuracy"]), "threshold": float(row["threshold"])}
 
-    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits, searched: Arch | None = None) -> Arch:
         """A published genotype by name (`PocketNet`) in a PocketNet space."""
         arch_of = getattr(space, "arch_of", None)
         if arch_of is None:
@@ -258,9 +258,14 @@ class FaceRecognitionTask(Task):
 
     def verify(self, model: nn.Module, data: DataSplits) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         """One verification row per benchmark, and each benchmark's embeddings."""
+        from tqdm.auto import tqdm
+
+        from core.supernet.spos import progress_enabled
+
         sets = getattr(data, "verification", None) or {"test": data.test}
         rows, embeddings = [], {}
-        for name, pairs in sets.items():
+        for name, pairs in tqdm(sets.items(), desc="verification", unit="benchmark", total=len(sets),
+                                disable=not progress_enabled(True), dynamic_ncols=True):
             emb = embed(model, pairs.images, self.cfg["test"]["batch_size"], self.options.flip_test)
             rows.append({"benchmark": name, "pairs": len(pairs.issame),
                          **evaluate_pairs(emb, pairs.issame, self.options.fars)})

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.engine.data import DataError
 from core.engine.report import save_figure
 
 THRESHOLDS = np.arange(0, 4, 0.01)
@@ -36,19 +37,26 @@ THRESHOLDS = np.arange(0, 4, 0.01)
 
 # -- .bin files -------------------------------------------------------------------------------------------------
 def read_bin(path: str | Path) -> tuple[list[bytes], list[bool]]:
+    """`(bins, issame_list)` of a pair file, read with a restricted unpickler (lists of bytes and bools only:
+    a file naming any other global is refused, never run)."""
+    from core.engine.safe_pickle import BYTES_AND_BOOLS, safe_load
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"verification .bin file not found: {path}")
-    with open(path, "rb") as f:
-        try:
-            bins, issame = pickle.load(f, encoding="bytes")
-        except (pickle.UnpicklingError, ValueError, TypeError, EOFError) as err:
-            raise ValueError(f"{path}: not an insightface verification .bin (pickle of (bins, issame_list)): "
-                             f"{err}") from None
-    bins = [bytes(b) if not isinstance(b, bytes) else b for b in bins]
+    what = "insightface verification .bin (pickle of (bins, issame_list))"
+    data = safe_load(path, BYTES_AND_BOOLS, what, encoding="bytes")
+    if not isinstance(data, (tuple, list)) or len(data) != 2 or not all(isinstance(d, (tuple, list)) for d in data):
+        raise DataError(f"{path}: not a {what}: it holds a {type(data).__name__}")
+    bins, issame = data
+    for i, b in enumerate(bins):
+        if not isinstance(b, (bytes, bytearray)):
+            raise DataError(f"{path}: entry {i} is a {type(b).__name__}, not encoded image bytes")
+    for i, s in enumerate(issame):
+        if not isinstance(s, (bool, int)):
+            raise DataError(f"{path}: pair label {i} is a {type(s).__name__}, not a bool")
+    bins = [bytes(b) for b in bins]
     issame = [bool(s) for s in issame]
     if len(bins) != 2 * len(issame):
-        raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs (expected two images per pair)")
+        raise DataError(f"{path}: {len(bins)} images for {len(issame)} pairs (expected two images per pair)")
     return bins, issame
 
 
@@ -71,7 +79,7 @@ class VerificationSet(Dataset):
         self.path = Path(path)
         self.name = name or self.path.stem
         bins, self.issame = read_bin(self.path)
-        images = [decode_image(b) for b in bins]
+        images = [decode_image(b, f"{self.path}: entry {i}") for i, b in enumerate(bins)]
         x = torch.from_numpy(np.stack([_resize(im, image_size) for im in images])).permute(0, 3, 1, 2)
         self.images = x.float().div(255.0).sub(0.5).div(0.5)
 

@@ -103,7 +103,9 @@ def load_sr_teacher(spec: dict[str, Any]) -> nn.Module:
         p = Path(path).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"strategy.teacher.checkpoint: not found: {p}")
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        from core.engine.runs import load_checkpoint
+
+        state = load_checkpoint(p, "strategy.teacher.checkpoint")
         net.load_state_dict(state[key] if key and key in state else state)
     net.eval()
     for p in net.parameters():

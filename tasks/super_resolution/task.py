@@ -5,11 +5,18 @@ Config section `super_resolution:` (the task's options):
 - `scale` (2, 3, 4): passed to the data and the space.
 - `cost_output` [H, W]: the output size params/MACs/latency are reported at
   (default [720, 1280], the efficient-SR convention: MACs to make a 1280x720 image).
-- `side_by_side`: how many test images get a `LR bicubic | ours | HR` picture.
+- `side_by_side`: how many test images of each test set get a
+  `bicubic | ours | HR` picture (PSNR on each panel, and a zoomed crop of
+  the region where bicubic errs most underneath).
 - `save_images`: write every SR output as PNG.
-- `msrresnet` {num_feat, num_block}: the `msrresnet` baseline's size
-  (`msrresnet_budget` instead takes the largest one within the objective's
-  `macs <= X` constraint).
+- `msrresnet` {num_feat, num_block}: the `msrresnet` baseline's size.
+
+Baselines (`retrain.baselines`): `bicubic`; `msrresnet` (the size above);
+`msrresnet_budget`, the largest MSRResNet within the objective's `macs <= X`
+(at most the limit: it can have fewer MACs than a searched network that
+went over it); `msrresnet_matched`, the MSRResNet of the space's width with
+the fewest MACs at or above the searched network's (the "equal MACs"
+comparison: never fewer MACs than the searched network).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from tasks.super_resolution._basicsr import imresize, imwrite
 from tasks.super_resolution.metrics import psnr_y, ssim_y, to_image
 from tasks.super_resolution.space import msrresnet_budget
 
-BASELINES = ("bicubic", "msrresnet", "msrresnet_budget")
+BASELINES = ("bicubic", "msrresnet", "msrresnet_budget", "msrresnet_matched")
 
 
 @dataclass
@@ -58,16 +65,50 @@ def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(output, target)
 
 
-def side_by_side(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, scale: int, gap: int = 4) -> np.ndarray:
-    """`LR bicubic | ours | HR` as one 8-bit BGR image (bicubic by MATLAB-compatible imresize)."""
+def _labelled(panel: np.ndarray, text: str, height: int = 14) -> np.ndarray:
+    """`panel` under a black strip holding `text` in white."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    strip = Image.new("RGB", (panel.shape[1], height), (0, 0, 0))
+    ImageDraw.Draw(strip).text((2, 1), text, fill=(255, 255, 255), font=ImageFont.load_default())
+    return np.concatenate([np.asarray(strip, dtype=np.uint8), panel], axis=0)
+
+
+def _worst_window(error: torch.Tensor, size: int) -> tuple[int, int]:
+    """Top-left corner of the `size` x `size` window with the largest summed error."""
+    pooled = F.avg_pool2d(error[None, None], size, stride=max(1, size // 4))[0, 0]
+    index = int(torch.argmax(pooled))
+    stride = max(1, size // 4)
+    return (index // pooled.shape[1]) * stride, (index % pooled.shape[1]) * stride
+
+
+def side_by_side(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, scale: int, gap: int = 4,
+                 zoom_fraction: float = 0.25) -> np.ndarray:
+    """`bicubic | ours | HR` as one 8-bit BGR image: each panel labelled with its Y-PSNR, and below it the same
+    crop (`zoom_fraction` of the shorter side, where bicubic's error is largest) enlarged to the panel width,
+    so a x2 difference is visible. Bicubic by MATLAB-compatible imresize."""
     bicubic = imresize(lr.detach().float().cpu(), scale).clamp(0, 1)
-    panels = [to_image(t) for t in (bicubic, sr, hr)]
-    h = min(p.shape[0] for p in panels)
-    w = min(p.shape[1] for p in panels)
-    white = np.full((h, gap, 3), 255, np.uint8)
+    h = min(t.shape[1] for t in (bicubic, sr, hr))
+    w = min(t.shape[2] for t in (bicubic, sr, hr))
+    tensors = [t[:, :h, :w].detach().float().cpu() for t in (bicubic, sr, hr)]
+    labels = [f"bicubic {psnr_y(tensors[0], tensors[2], scale):.2f} dB",
+              f"ours {psnr_y(tensors[1], tensors[2], scale):.2f} dB", "HR"]
+    size = max(8, int(min(h, w) * zoom_fraction))
+    top, left = _worst_window((tensors[0] - tensors[2]).abs().mean(0), size)
+    factor = max(1, w // size)
+    columns = []
+    for tensor, label in zip(tensors, labels):
+        full = to_image(tensor)
+        crop = full[top:top + size, left:left + size]
+        crop = np.repeat(np.repeat(crop, factor, axis=0), factor, axis=1)
+        pad = np.zeros((crop.shape[0], max(0, w - crop.shape[1]), 3), np.uint8)
+        crop = np.concatenate([crop, pad], axis=1)[:, :w]
+        columns.append(np.concatenate([_labelled(full, label), np.full((gap, w, 3), 255, np.uint8),
+                                       _labelled(crop, f"zoom x{factor}")], axis=0))
+    white = np.full((columns[0].shape[0], gap, 3), 255, np.uint8)
     row = []
-    for p in panels:
-        row += [p[:h, :w], white]
+    for c in columns:
+        row += [c, white]
     return np.concatenate(row[:-1], axis=1)
 
 
@@ -78,6 +119,9 @@ class SuperResolutionTask(Task):
     metrics = ("psnr", "ssim")
     table_metrics = ("psnr", "ssim")
     Options = SROptions
+    model_options = ("scale",)
+    #: why a derived network can cost more than the MACs limit (printed after a search when it does)
+    constraint_note = "; to stay under the limit, set the search's target below it"
 
     @property
     def scale(self) -> int:
@@ -110,7 +154,13 @@ class SuperResolutionTask(Task):
         h, w = (int(v) // self.scale for v in self.options.cost_output)
         return torch.zeros(1, 3, h, w)
 
-    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+    def describe_test(self, data: DataSplits) -> str:
+        names = list(getattr(data.test, "names", []))
+        sets = list(dict.fromkeys(n.split("/", 1)[0] if "/" in n else "test" for n in names))
+        counts = ", ".join(f"{s} ({sum(1 for n in names if n.startswith(s + '/'))} images)" for s in sets)
+        return f"{data.name}: {counts or f'{len(data.test)} images'}"
+
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits, searched: Arch | None = None) -> Arch:
         if name == "bicubic":
             return Arch({"baseline": "bicubic"})
         if name == "msrresnet":
@@ -124,6 +174,22 @@ class SuperResolutionTask(Task):
                 raise ConfigError("retrain.baselines: 'msrresnet_budget' needs a 'macs <= N' constraint in "
                                   "objective.constraints")
             return msrresnet_budget(self.scale, min(bounds), tuple(int(v) for v in self.options.cost_output))
+        if name == "msrresnet_matched":
+            reference = searched if searched is not None else space.default()
+            if reference.get("baseline") == "bicubic":
+                raise ConfigError("retrain.baselines: 'msrresnet_matched' needs a network with weights to match")
+            out_hw = tuple(int(v) for v in self.options.cost_output)
+            macs = space.macs(reference, out_hw) if hasattr(space, "macs") else None
+            if macs is None:
+                raise ConfigError(f"retrain.baselines: 'msrresnet_matched' needs a trilevel_sr space, not "
+                                  f"{type(space).__name__}")
+            width = getattr(space, "num_feat", None)
+            try:
+                return msrresnet_budget(self.scale, macs, out_hw, at_least=True,
+                                        feats=(width,) if width else tuple(range(8, 65, 4)),
+                                        blocks=tuple(range(1, 65)))
+            except ValueError as err:
+                raise ConfigError(f"retrain.baselines: msrresnet_matched: {err}") from None
         raise ConfigError(f"retrain.baselines: unknown baseline {name!r}; known: {', '.join(BASELINES)}")
 
     # -- the task contract ------------------------------------------------------------------------
@@ -180,13 +246,19 @@ class SuperResolutionTask(Task):
     # -- testing -------------------------------------------------------------------------------------
     @torch.no_grad()
     def test(self, model: nn.Module, data: DataSplits, run_dir: Path | None = None) -> dict[str, float]:
-        """Per image: SR PNG, Y-PSNR/SSIM (CSV), and the first `side_by_side` comparison pictures."""
+        """Per image: SR PNG, Y-PSNR/SSIM (CSV), and for the first `side_by_side` images of each test set a
+        comparison picture. Returns pooled `psnr`/`ssim` and one `<set>_psnr`/`<set>_ssim` per test set."""
+        from tqdm.auto import tqdm
+
         from core.engine.report import write_csv
+        from core.supernet.spos import progress_enabled
 
         model.eval()
         ds, rows = data.test, []
         names = getattr(ds, "names", [str(i) for i in range(len(ds))])
-        for i in range(len(ds)):
+        drawn: dict[str, int] = {}
+        for i in tqdm(range(len(ds)), desc="test", unit="image", disable=not progress_enabled(True),
+                      dynamic_ncols=True):
             lr, hr = ds[i]
             sr = model(lr[None])[0].clamp(0, 1)
             name = names[i]
@@ -196,17 +268,16 @@ class SuperResolutionTask(Task):
             if run_dir is not None:
                 if self.options.save_images:
                     imwrite(to_image(sr), str(Path(run_dir) / "sr_images" / set_name / f"{image}.png"))
-                if i < self.options.side_by_side:
+                if drawn.get(set_name, 0) < self.options.side_by_side:
+                    drawn[set_name] = drawn.get(set_name, 0) + 1
                     imwrite(side_by_side(lr, sr, hr, self.scale),
                             str(Path(run_dir) / "side_by_side" / f"{set_name}_{image}.png"))
         if run_dir is not None:
             write_csv(Path(run_dir) / "sr_metrics.csv", rows, ["set", "image", "psnr", "ssim"])
         out = {"psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows]))}
-        sets = list(dict.fromkeys(r["set"] for r in rows))
-        if len(sets) > 1:
-            for s in sets:
-                out[f"{s}_psnr"] = float(np.mean([r["psnr"] for r in rows if r["set"] == s]))
-                out[f"{s}_ssim"] = float(np.mean([r["ssim"] for r in rows if r["set"] == s]))
+        for s in dict.fromkeys(r["set"] for r in rows):
+            out[f"{s}_psnr"] = float(np.mean([r["psnr"] for r in rows if r["set"] == s]))
+            out[f"{s}_ssim"] = float(np.mean([r["ssim"] for r in rows if r["set"] == s]))
         return out
 
 

@@ -55,8 +55,6 @@ import torch
 from torch import nn
 
 from core.engine.registry import SPACES, ConfigError
-
-
 from core.api import Arch, Choice, SearchSpace
 from core.zoo.compression.teachers import TEACHERS
 
@@ -242,7 +240,9 @@ class CompressionSpace(SearchSpace):
             path = Path(checkpoint)
             if not path.is_file():
                 raise FileNotFoundError(f"space.checkpoint: file not found: {path}")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            from core.engine.runs import load_checkpoint
+
+            state = load_checkpoint(path, "space.checkpoint")
             model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         if isinstance(shrink_levels, bool) or not isinstance(shrink_levels, int) or shrink_levels < 1:
             raise ValueError(f"space.shrink_levels: expected an integer >= 1, got {shrink_levels!r}")

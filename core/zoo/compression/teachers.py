@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-
 from torch import nn
 
+from core.engine.registry import TEACHERS as DISTILL_TEACHERS
 
 
 def digits_cnn(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
@@ -19,4 +19,5 @@ def digits_cnn(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
 
 
 TEACHERS = {"digits_cnn": digits_cnn}
+DISTILL_TEACHERS.register("digits_cnn", digits_cnn)  # also a teacher for `load_teacher` specs
 """name -> builder(in_channels, num_classes) of the teachers a config can name."""

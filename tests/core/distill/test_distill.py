@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.distill import (Distiller, MultiStepDistillation, SmallCNN, StagedTeacher, Taps, at_loss, attention_map,
-                          feature_mmd, kd_loss, load_teacher, mmd, train_distiller)
+                          feature_mmd, kd_loss, load_teacher, mmd, register_teacher, train_distiller)
 from core.engine.registry import ConfigError
 from core.engine.runs import save_checkpoint
 
@@ -290,8 +290,14 @@ def test_load_teacher_from_local_checkpoints_and_user_modules(tmp_path):
         load_teacher("resnet_nope")
     with pytest.raises(ConfigError, match="teacher.ckpt"):
         load_teacher({"name": "resnet18", "ckpt": "x"})
-    user = load_teacher({"name": "core.distill.teachers:SmallCNN", "kwargs": {"widths": [8, 8, 8]}})
-    assert isinstance(user, SmallCNN) and user.stages[0][0].out_channels == 8
+    own = load_teacher({"name": "small_cnn", "kwargs": {"widths": [8, 8, 8]}})
+    assert isinstance(own, SmallCNN) and own.stages[0][0].out_channels == 8
+    register_teacher("test_tiny_teacher", lambda depth=2: torch.nn.Sequential(*[torch.nn.Identity()] * depth))
+    assert len(load_teacher({"name": "test_tiny_teacher", "kwargs": {"depth": 3}})) == 3
+    with pytest.raises(ConfigError, match="teacher.kwargs.width: unknown key"):
+        load_teacher({"name": "test_tiny_teacher", "kwargs": {"width": 3}})
+    with pytest.raises(ConfigError, match="import path"):  # a config never names code to import
+        load_teacher({"name": "core.distill.teachers:SmallCNN", "kwargs": {"widths": [8, 8, 8]}})
     assert isinstance(load_teacher("torchvision:mobilenet_v2"), torchvision.models.MobileNetV2)
     try:
         import timm  # noqa: F401

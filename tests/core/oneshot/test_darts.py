@@ -140,7 +140,7 @@ def test_sparsestmax_search_on_darts_cells_ends_one_hot(data):
     assert all(sorted(w) == [0.0, 0.0, 1.0] for w in searcher.alphas().values())
 
 
-def test_registered_as_gradient_based_strategy(tmp_path, data):
+def test_registered_as_a_searcher(tmp_path, data):
     assert STRATEGIES.get("darts") is DartsSearcher and issubclass(DartsSearcher, Searcher)
     space = ToySpace()
     searcher = STRATEGIES.build({"name": "darts", "epochs": 2, "arch_lr": 0.05, "checkpoint": str(tmp_path / "d.pt")},

@@ -76,3 +76,27 @@ def test_missing_paths_name_the_path(tmp_path):
         coco(str(tmp_path / "c"))
     with pytest.raises(ConfigError, match="data.train"):
         shapes(root=str(tmp_path / "s"), train=0)
+
+
+def test_invalid_coco_annotations_are_dropped_from_training_and_ground_truth_with_a_count(tmp_path, capsys):
+    shapes(root=str(tmp_path / "s"), image_size=64, train=3, val=3, test=1, seed=3)
+    path = tmp_path / "s" / "annotations" / "instances_val.json"
+    ann = json.loads(path.read_text())
+    valid = len(ann["annotations"])
+    image = ann["images"][0]["id"]
+    ann["annotations"] += [
+        {"id": 9001, "image_id": image, "category_id": 77, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0},
+        {"id": 9002, "image_id": image, "category_id": 1, "bbox": [5, 5, -3, 8], "area": -24, "iscrowd": 0},
+        {"id": 9003, "image_id": image, "category_id": 1, "bbox": [5, 5, 0, 8], "area": 0, "iscrowd": 0},
+        {"id": 9004, "image_id": 12345, "category_id": 1, "bbox": [5, 5, 3, 8], "area": 24, "iscrowd": 0}]
+    path.write_text(json.dumps(ann))
+    data = coco(str(tmp_path / "s"), train_ann="annotations/instances_train.json", train_images="train",
+                val_ann="annotations/instances_val.json", val_images="val")
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "data.val_ann" in warning[0] and f"dropped 4 of {valid + 4}" in warning[0]
+    assert "1 with an unknown category_id (e.g. id 9001)" in warning[0]
+    assert "2 with a box of zero or negative size (e.g. id 9002)" in warning[0]
+    assert "image_id not in images (e.g. id 9004)" in warning[0]
+    # the ground truth mAP is scored on holds exactly what training sees
+    assert len(data.val.coco.dataset["annotations"]) == valid
+    assert sum(len(data.val.target(i)["labels"]) for i in data.val.ids) == valid

@@ -235,6 +235,47 @@ def test_msrresnet_baseline_sized_to_a_macs_budget():
     assert msrresnet_macs(above["num_feat"], above["num_block"], 2) >= budget
 
 
+def test_matched_baseline_has_at_least_the_searched_networks_macs_and_the_search_says_when_a_limit_is_broken(capsys):
+    from core.cli import _check_derived, load_task
+    from core.engine.config import load_config
+    from core.objective import Objective
+
+    cfg = load_config("configs/super_resolution/trilevel_x2_18g.yaml", ["data.hr_crop=48", "data.patch_size=12"])
+    task = load_task(cfg)
+    data = task.data()
+    space = task.space(data)
+    # every op a full-width residual block at LR: 21.7 GMACs, above the config's 18-GMACs limit
+    searched = space.check(Arch({c.name: "resblock" if c.name.endswith(tuple(f"op{i}" for i in range(3)))
+                                 else c.default for c in space.choices}))
+    macs = space.macs(searched)
+    matched = task.baseline("msrresnet_matched", space, data, searched=searched)
+    budget = task.baseline("msrresnet_budget", space, data)
+    assert space.macs(matched) >= macs and matched["num_feat"] == 16
+    assert space.macs(budget) <= 18e9 < macs  # the largest MSRResNet under the limit has fewer MACs
+    assert space.macs(task.baseline("msrresnet_matched", space, data, searched=Arch({**matched}))) == \
+        space.macs(matched)
+    cfg_small = {**cfg, "super_resolution": {**cfg["super_resolution"], "cost_output": [24, 32]}}
+    small = load_task(cfg_small)
+    objective = Objective.from_config("psnr", constraints=[f"macs <= {0.5 * space.macs(searched, (24, 32)):g}"])
+    derived = _check_derived(cfg_small, small, data, small.space(data), searched, objective)
+    line = capsys.readouterr().out.strip()
+    assert "over the objective's macs <=" in line and "by 100.0%" in line
+    assert derived["macs"] == pytest.approx(space.macs(searched, (24, 32)))
+
+
+def test_side_by_side_labels_each_panel_and_adds_a_zoomed_crop():
+    from tasks.super_resolution.data import sr_embedded
+    from tasks.super_resolution.task import side_by_side
+
+    data = sr_embedded(scale=2, hr_crop=64)
+    lr, hr = data.test[0]
+    picture = side_by_side(lr, hr.clone(), hr, 2, gap=4)
+    label = 14
+    assert picture.shape == (2 * (64 + label) + 4, 3 * 64 + 2 * 4, 3)
+    strip = picture[:label, :64]
+    assert strip.max() > 200 and (strip == 0).mean() > 0.5  # light text on a black strip
+
+
 def test_teacher_term_adds_l1_to_a_frozen_basicsr_teacher(tmp_path):
     from basicsr.archs.srresnet_arch import MSRResNet
 
