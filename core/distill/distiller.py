@@ -50,10 +50,9 @@ def build_term(cfg: Mapping[str, Any], key: str) -> tuple[TermSpec, DistillTerm]
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"{key}: expected a mapping with loss, student, teacher, weight; got {cfg!r}")
     if "loss" not in cfg:
-        raise ConfigError(f"{key}.loss: missing; choose from {', '.join(sorted(DISTILL_LOSSES))}")
+        raise ConfigError(f"{key}.loss: missing; choose from {', '.join(DISTILL_LOSSES.names())}")
     name = cfg["loss"]
-    if name not in DISTILL_LOSSES:
-        raise ConfigError(f"{key}.loss: unknown loss {name!r}; known: {', '.join(sorted(DISTILL_LOSSES))}")
+    factory = DISTILL_LOSSES.get(name, f"{key}.loss")
     weight = cfg.get("weight", 1.0)
     if not isinstance(weight, (int, float)) or isinstance(weight, bool):
         raise ConfigError(f"{key}.weight: expected a number, got {weight!r}")
@@ -61,7 +60,6 @@ def build_term(cfg: Mapping[str, Any], key: str) -> tuple[TermSpec, DistillTerm]
         if not isinstance(cfg.get(tap, ""), str):
             raise ConfigError(f"{key}.{tap}: expected a module path string ('' for the output), got {cfg[tap]!r}")
     params = {k: v for k, v in cfg.items() if k not in _TERM_KEYS}
-    factory = DISTILL_LOSSES[name]
     params = check_kwargs(factory, params, key)
     try:
         term = factory(**params)

@@ -21,12 +21,13 @@ GAN losses (standard, LSGAN, PU-GAN) are in `core.distill.gan_losses`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from core.engine.registry import Registry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +360,10 @@ class NSTTerm(MMDTerm):
 
 
 #: config name -> term class; tasks may register more (GAN losses, ...)
-DISTILL_LOSSES: dict[str, Callable[..., DistillTerm]] = {
-    "kd": KDTerm, "ce": CETerm, "hint": HintTerm, "mse": HintTerm, "fitnet": HintTerm,
-    "at": ATTerm, "mmd": MMDTerm, "nst": NSTTerm, "l1": L1Term, "gram": GramTerm, "style": GramTerm,
-}
+DISTILL_LOSSES = Registry("distillation loss")
+"""Config names -> term classes; a task or a user registers more with `DISTILL_LOSSES.register(name, cls)`."""
+
+for _name, _term in (("kd", KDTerm), ("ce", CETerm), ("hint", HintTerm), ("mse", HintTerm), ("fitnet", HintTerm),
+                     ("at", ATTerm), ("mmd", MMDTerm), ("nst", NSTTerm), ("l1", L1Term), ("gram", GramTerm),
+                     ("style", GramTerm)):
+    DISTILL_LOSSES.register(_name, _term)
