@@ -82,9 +82,8 @@ class BilevelSearcher(Searcher):
     warmup_key = "warmup_epochs"
     #: when the weight scheduler steps: after every "epoch" or after every weight "step"
     scheduler_interval = "epoch"
-    #: an architecture parameter outside a step's graph: True gives it a zero gradient (Adam's moments keep
-    #: moving it, as the official `loss.backward()` on a graph holding every alpha), False leaves its gradient
-    #: None (Adam skips it)
+    #: an architecture parameter outside a step's graph: True gives it a zero gradient (Adam still moves it by
+    #: its moments), False leaves its gradient None (Adam skips it)
     zero_unused_arch_grads = True
     #: draw the weight step's batch before the architecture step (DARTS's loop, whose second-order gradient needs
     #: it) or just before the weight step (Hit-Detector's); it fixes the order in which data augmentation draws
