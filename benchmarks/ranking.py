@@ -9,41 +9,21 @@ given the same number of weight-update steps (batches of 64) on `digits().train`
     `--epochs` epochs (S steps); every cell scored by
     `SupernetEvaluator` (inherited weights, BN recalibrated on 4 batches,
     accuracy on `digits().val`).
-(b) **DNA**: blockwise distillation (Li et al., CVPR 2020) from a teacher
-    trained beforehand on digits (`core.distill.SmallCNN`, widths (C, 2C),
-    strides (1, 2), `--dna-teacher-convs` 4 conv-BN-ReLU layers per stage:
-    two stages whose outputs have the shapes of the cell201 skeleton's two
-    stages, each deeper than any path of the student block it supervises,
-    as DNA's teacher is: official `searching/train.py` loads a pretrained
-    `tf_efficientnet_b7`, whose stages have 7/7/10/10/13/4 layers (its
-    `b7` dispatch) against the student blocks' 2/4/4/4/4/1). Student
-    block 0 = stem + the cells at C, block 1 = the residual reduction + the
-    cells at 2C, of a fresh cell201 supernet (with affine BN in the search
-    cells: the space's supernet has NAS-Bench-201's non-affine search-cell BN,
-    whose conv paths always output unit variance and so cannot match a
-    teacher feature's scale, while DNA's MBConv students have affine BN),
-    each block ending in an affine BatchNorm (`--dna-output-bn`): every DNA
-    student block ends in one, its last MBConv changing width (no residual)
-    and ending in its projection BN (official `searching/dna/student_supernet.py`,
-    `block_cfgs` hidden -> teacher width). Without it a cell's output is a
-    raw sum of paths whose scale depends on the candidate, and the score
-    measured that scale more than the features: a zero (disconnected) output
-    beat most connected cells and identity-heavy cells scored worst;
-    tau 0.17 -> 0.55 on seeds 0-2 (docs/weight_sharing.md).
-    Block i takes the teacher's stage i-1 output (block 0 the image) and is
-    trained with MSE to the teacher's stage i output (taken before the stage's
-    last ReLU: a cell201 cell outputs pre-activation sums, like DNA's
-    MBConv blocks and EfficientNet stages, which end in a linear projection), one uniformly sampled
-    path per step (S/2 steps per block, Adam lr 0.005, weight decay 1e-4,
-    lr x 0.9 per epoch: `core.oneshot.dna`'s recipe). A
-    cell's score is the sum over blocks of DNA's `cl_loss` = mean|y_hat - y| /
-    std(y) on `digits().val` after BN recalibration of the block on one
-    training batch (DNA's reset batch; official `_potential` and
-    `process_potential.py`, `loss_join='sum'`) (lower is
-    better; tau is computed on -score). The teacher's own training
-    (`--teacher-epochs`) is extra, as DNA assumes a trained teacher.
-    `--dna-teacher-convs 2 --no-dna-output-bn` restores the estimator
-    measured before this change (docs/weight_sharing.md).
+(b) **DNA** (`core.oneshot.dna_ranking.dna_scores`): blockwise distillation
+    (Li et al., CVPR 2020) from a teacher trained beforehand on digits (a
+    `core.distill.SmallCNN` shaped like the cell201 skeleton's two stages,
+    `--dna-teacher-convs` 4 conv-BN-ReLU layers per stage, `--teacher-epochs`
+    epochs; extra to the budget, as DNA assumes a trained teacher) into two
+    student blocks of an affine-BN cell201 supernet, each ending in an affine
+    BatchNorm (`--dna-output-bn`), S/2 steps per block with one uniformly
+    sampled path per step; a cell's score is the sum over blocks of DNA's
+    `cl_loss` on `digits().val` after BN recalibration on
+    `--dna-recal-batches` training batch(es) (lower is better; tau is computed
+    on -score). The block-output BN matters: without it a cell's output is a
+    raw sum of paths whose scale depends on the candidate, a zero
+    (disconnected) output beat most connected cells, and tau fell from 0.55 to
+    0.17 on seeds 0-2 (docs/weight_sharing.md); `--dna-teacher-convs 2
+    --no-dna-output-bn` runs that variant.
 (c) **DC-NAS** (`core.oneshot.dcnas.dcnas_scores`): a SPOS supernet
     trained for S - K * f steps, then the subset is clustered (K =
     `--clusters` by k-means on per-layer feature changes), scored per cluster
@@ -78,19 +58,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
-from core.distill import SmallCNN, StagedTeacher  # noqa: E402
 from core.evaluation.supernet import SupernetEvaluator  # noqa: E402
-from core.supernet.bn import recalibrate_bn  # noqa: E402
 from core.evaluation.tabular import TabularEvaluator  # noqa: E402
 from core.objective import Objective  # noqa: E402
-from core.api import activate  # noqa: E402
-from core.zoo.cell201 import Cell201Space, CellNetwork, SearchCell  # noqa: E402
+from core.zoo.cell201 import Cell201Space  # noqa: E402
 from core.oneshot.dcnas import dcnas_scores  # noqa: E402
+from core.oneshot.dna_ranking import dna_scores  # noqa: E402
 from core.supernet.spos import train_supernet  # noqa: E402
 from tasks.classification.data import digits  # noqa: E402
 from tasks.classification.task import ClassificationTask  # noqa: E402
@@ -104,123 +79,6 @@ SPOS_LR = 0.1  # the documented cell201 SPOS example (docs/weight_sharing.md)
 
 def tau(score, truth) -> float:
     return float(kendalltau(score, truth).statistic)
-
-
-# ---------------------------------------------------------------------------------------------
-# (b) DNA on cell201
-# ---------------------------------------------------------------------------------------------
-def train_teacher(data, C: int, epochs: int, seed: int, convs_per_stage: int = 4) -> tuple[nn.Module, float]:
-    """SmallCNN with stages shaped like the cell201 skeleton's (C x 8 x 8, 2C x 4 x 4), trained with cross-entropy.
-
-    `convs_per_stage` 3x3 conv-BN-ReLU layers per stage (default 4): deeper than any path of the student block
-    it supervises, as DNA's teacher EfficientNet-B7 is deeper per stage than its student blocks.
-    """
-    torch.manual_seed(seed)
-    teacher = SmallCNN(widths=(C, 2 * C), strides=(1, 2), in_channels=1, num_classes=data.num_classes,
-                       stem_channels=C, convs_per_stage=convs_per_stage)
-    opt = torch.optim.SGD(teacher.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    loader = DataLoader(data.train, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
-    for _ in range(epochs):
-        teacher.train()
-        for x, y in loader:
-            loss = F.cross_entropy(teacher(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    teacher.eval()
-    with torch.no_grad():
-        x, y = next(iter(DataLoader(data.val, batch_size=len(data.val))))
-        acc = float((teacher(x).argmax(1) == y).float().mean())
-    return teacher, acc
-
-
-def teacher_taps(teacher: SmallCNN) -> list[str]:
-    """The last BatchNorm of every teacher stage: its pre-activation output, the point of the data flow where a
-    cell201 cell's output (a sum of conv-BN / identity paths, activated by the next op's ReLU) sits."""
-    paths = []
-    for i, stage in enumerate(teacher.stages):
-        last_bn = max(k for k, m in enumerate(stage) if isinstance(m, nn.BatchNorm2d))
-        paths.append(f"stages.{i}.{last_bn}")
-    return paths
-
-
-def student_blocks(supernet: nn.Module, N: int, C: int, output_bn: bool = True) -> list[nn.Module]:
-    """Block 0: stem + the N cells at C; block 1: the reduction block + the N cells at 2C.
-
-    With `output_bn` each block ends in an affine BatchNorm of its width (C, 2C), as every DNA student block
-    does: its last layer is an MBConv whose input and output widths differ, so it has no residual and ends in
-    the projection conv's affine BN (official `searching/dna/student_supernet.py` `block_cfgs`, last layer
-    `hidden_outc -> outc`; timm `InvertedResidual.bn3`). A cell201 cell instead ends in an unnormalised sum of
-    paths whose scale depends on the candidate (how many conv paths and identities reach the output), which
-    the BN recalibration of the paths' own BNs cannot undo; the block-output BN, recalibrated per candidate
-    like every other BN, gives each candidate's output the learned per-channel scale, as in DNA.
-    """
-    cells = list(supernet.cells)
-    blocks = [nn.Sequential(supernet.stem, *cells[:N]), nn.Sequential(*cells[N:])]
-    if output_bn:
-        blocks = [nn.Sequential(block, nn.BatchNorm2d(width)) for block, width in zip(blocks, (C, 2 * C))]
-    return blocks
-
-
-def dna_scores(space: Cell201Space, data, archs, steps_per_block: int, teacher_epochs: int, seed: int,
-               recal_batches: int = 1, teacher_convs: int = 4, output_bn: bool = True):
-    teacher, teacher_acc = train_teacher(data, space.C, teacher_epochs, seed, teacher_convs)
-    staged = StagedTeacher(teacher, teacher_taps(teacher))
-    torch.manual_seed(seed)
-    supernet = CellNetwork(lambda width: SearchCell(space.ops, width, affine=True), C=space.C, N=space.N,
-                           num_classes=space.num_classes, in_channels=space.in_channels)
-    blocks = student_blocks(supernet, space.N, space.C, output_bn)
-    loader = DataLoader(data.train, batch_size=BATCH, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
-    steps_per_epoch = len(loader)
-    histories = []
-    started = time.perf_counter()
-    for i, block in enumerate(blocks):  # step 1: block training, guide input = teacher's previous stage
-        rng = random.Random(f"{seed}-dna-block{i}")
-        params = [p for p in block.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=0.005, weight_decay=1e-4)
-        losses, step = [], 0
-        while step < steps_per_block:
-            block.train()
-            for x, _ in loader:
-                if step >= steps_per_block:
-                    break
-                feats = staged(x, upto=i)
-                guide, target = (x if i == 0 else feats[i - 1]), feats[i]
-                activate(block, space.sample(rng))
-                loss = F.mse_loss(block(guide), target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-                step += 1
-                if step % steps_per_epoch == 0:
-                    for g in opt.param_groups:
-                        g["lr"] *= 0.9
-        histories.append((losses[0], float(np.mean(losses[-steps_per_epoch:]))))
-    train_seconds = time.perf_counter() - started
-
-    started = time.perf_counter()
-    loader = DataLoader(data.train, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed + 1))
-    recal = [(x, staged(x)) for _, (x, _) in zip(range(recal_batches), loader)]  # DNA's reset batch(es)
-    val = [(x, staged(x)) for x, _ in DataLoader(data.val, batch_size=BATCH, shuffle=False)]
-    scores = np.zeros(len(archs))
-    with torch.no_grad():
-        for a, arch in enumerate(archs):  # step 2: cl_loss per block after BN recalibration (dna.py's formula)
-            for i, block in enumerate(blocks):
-                activate(block, arch)
-                recalibrate_bn(block, [(x if i == 0 else feats[i - 1],) for x, feats in recal])
-                total, seen = 0.0, 0
-                for x, feats in val:
-                    guide, target = (x if i == 0 else feats[i - 1]), feats[i]
-                    out = block(guide)
-                    total += float((out - target).abs().mean() / (target.std() + 1e-9)) * len(x)
-                    seen += len(x)
-                scores[a] += total / seen
-    return -scores, {"teacher_val_acc": teacher_acc, "block_mse_first_last": histories,
-                     "train_s": train_seconds, "score_s": time.perf_counter() - started}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +110,7 @@ def run_seed(seed: int, args, data, table: TabularEvaluator) -> dict:
 
     # (b) DNA
     dna, info = dna_scores(space, data, archs, budget // 2, args.teacher_epochs, seed, args.dna_recal_batches,
-                           args.dna_teacher_convs, args.dna_output_bn)
+                           args.dna_teacher_convs, args.dna_output_bn, task=TASK)
     rows["DNA blockwise"] = (dna, {"steps": 2 * (budget // 2), **info})
 
     # (c) DC-NAS: fewer supernet epochs so that supernet steps + K * final_steps <= the budget

@@ -277,7 +277,8 @@ class SmallCNN(nn.Module):
     """A plain staged CNN (conv-BN-ReLU, two per stage) for tiny-data teachers: `stem`, `stages.<i>`, `head`.
 
     Stage i has `widths[i]` channels and stride `strides[i]` in its first conv.
-    Its stage paths for `StagedTeacher` are `stage_paths()`.
+    Its stage paths for `StagedTeacher` are `stage_paths()` (after each stage's last ReLU) or
+    `preactivation_paths()` (before it).
     """
 
     def __init__(self, widths: Sequence[int] = (32, 48, 64), strides: Sequence[int] = (1, 2, 2),
@@ -300,6 +301,15 @@ class SmallCNN(nn.Module):
 
     def stage_paths(self) -> list[str]:
         return [f"stages.{i}" for i in range(len(self.stages))]
+
+    def preactivation_paths(self) -> list[str]:
+        """The last BatchNorm of every stage: the stage's output before its last ReLU, where a block that ends in a
+        linear projection or a sum of paths (DNA's MBConv students, a cell201 cell) sits in the data flow."""
+        paths = []
+        for i, stage in enumerate(self.stages):
+            last_bn = max(k for k, m in enumerate(stage) if isinstance(m, nn.BatchNorm2d))
+            paths.append(f"stages.{i}.{last_bn}")
+        return paths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

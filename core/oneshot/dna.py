@@ -44,8 +44,9 @@ MB6_3x3), here `fixed_blocks: [5]` does that and the default searches every
 block; `max_paths` may score a seeded sample of a block's paths when there
 are too many (default: all).
 
-This is a `core.oneshot.base.Searcher`: `archforge search` calls
-`search(context)`, which calls `fit(None, data)` and returns the chosen `Arch`; `history`, `scores` and
+Block training and the per-block scores are DNA's blockwise distillation
+(`core.distill.blockwise`), which `core.oneshot.dna_ranking` shares. It is a
+`core.oneshot.base.Searcher`: `archforge search` calls `search(context)` -> `fit(None, data)` and gets the chosen `Arch`; `history`, `scores` and
 `result` keep what it did, and `report()` is a JSON-able summary.
 """
 
@@ -60,7 +61,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -68,6 +68,7 @@ from tqdm.auto import tqdm
 from core.task import Task
 from core.oneshot.base import Searcher
 from core.engine.progress import progress_enabled
+from core.distill.blockwise import block_losses, guide_and_target, recalibrate, train_block
 from core.distill.teachers import StagedTeacher, check_teacher_spec, load_teacher
 from core.engine.data import DataSplits
 from core.engine.registry import STRATEGIES, ConfigError
@@ -182,23 +183,6 @@ def _path_batchnorms(block: nn.Module, path: Sequence[int]) -> list[nn.modules.b
     modules = [block.stem] + [layer.candidates[k] for layer, k in zip(block.layers, path)]
     return [m for mod in modules for m in mod.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-@torch.no_grad()
-def _recalibrate(block: nn.Module, bns: list, inputs: Sequence[torch.Tensor]) -> None:
-    """Reset the path's BN statistics and re-estimate them as the plain average over `inputs` (then eval mode)."""
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    block.train()
-    try:
-        for x in inputs:
-            block(x)
-    finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        block.eval()
 
 
 def _bn_state(bns: list) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -356,39 +340,33 @@ class DNASearch(Searcher):
 
     # -- step 1: block training -----------------------------------------------------------------
     def train_block(self, i: int, supernet: nn.Module, teacher: StagedTeacher, loader: DataLoader) -> list[float]:
+        """Step 1 for block i (`core.distill.blockwise.train_block`); returns the mean MSE of each epoch."""
         block = supernet.blocks[i]
         n_ops = [len(layer.candidates) for layer in block.layers]
         rng = random.Random(f"{self.seed}-dna-block{i}")
         self._reseed(i + 1)
         opt = torch.optim.Adam(block.parameters(), lr=self.lr[i], weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.lr_decay)
         steps = len(loader) if not self.steps_per_epoch else min(len(loader), self.steps_per_epoch)
         bar = tqdm(total=self.epochs_per_block * steps, desc=f"DNA block {i}", unit="step",
                    disable=not progress_enabled(self.progress), dynamic_ncols=True)
-        losses = []
-        for _ in range(self.epochs_per_block):
-            block.train()
-            total, count = 0.0, 0
-            for step, (x, *_) in enumerate(loader):
-                if step >= steps:
-                    break
-                x = x.to(self.device)
-                feats = teacher(x, upto=i)
-                guide, target = (x if i == 0 else feats[i - 1]), feats[i]
-                activate(block, self.space.block_arch(i, [rng.randrange(k) for k in n_ops]))
-                loss = F.mse_loss(block(guide), target)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"DNA block {i}: loss is {float(loss)}; lower strategy.lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(x)
-                count += len(x)
-                bar.update(1)
-                bar.set_postfix(mse=f"{total / count:.4g}", refresh=False)
-            sched.step()
-            losses.append(total / max(count, 1))
+
+        def sample():
+            return self.space.block_arch(i, [rng.randrange(k) for k in n_ops])
+
+        def on_step(loss: float, n: int) -> None:
+            bar.update(1)
+            bar.set_postfix(mse=f"{loss:.4g}", refresh=False)
+
+        epochs = train_block(block, i, teacher, loader, sample, opt, self.epochs_per_block * steps, steps,
+                             self.lr_decay, self.device, on_step)
         bar.close()
+        losses = []
+        for epoch in epochs:
+            total, count = 0.0, 0
+            for loss, n in epoch:
+                total += loss * n
+                count += n
+            losses.append(total / max(count, 1))
         return losses
 
     # -- step 2: ranking ------------------------------------------------------------------------
@@ -411,7 +389,7 @@ class DNASearch(Searcher):
         for path in paths:  # BN recalibration of every path on the reset batch(es), kept per path
             activate(block, self.space.block_arch(i, path))
             bns = _path_batchnorms(block, path)
-            _recalibrate(block, bns, [t[i - 1] if i > 0 else x for x, t in recal])
+            recalibrate(block, [guide_and_target(x, t, i)[0] for x, t in recal], bns)
             states.append(_bn_state(bns))
         sums = torch.zeros(len(paths), 3, dtype=torch.float64)
         seen = 0
@@ -422,18 +400,15 @@ class DNASearch(Searcher):
             if b >= self.score_batches:
                 break
             x = x.to(self.device)
-            feats = teacher(x, upto=i)
-            guide, target = (x if i == 0 else feats[i - 1]), feats[i]
+            guide, target = guide_and_target(x, teacher(x, upto=i), i)
             std, var = target.std(), target.var()
             for k, path in enumerate(paths):
                 activate(block, self.space.block_arch(i, path))
                 _load_bn_state(_path_batchnorms(block, path), states[k])
-                out = block(guide)
-                abs_div = (out - target).abs().mean()
-                mse = F.mse_loss(out, target)
-                sums[k, 0] += float(abs_div / (std + 1e-9)) * len(x)
+                cl, mse, rela = block_losses(block(guide), target, std, var)
+                sums[k, 0] += float(cl) * len(x)
                 sums[k, 1] += float(mse) * len(x)
-                sums[k, 2] += float(mse / (var + 1e-9)) * len(x)
+                sums[k, 2] += float(rela) * len(x)
                 bar.update(1)
             seen += len(x)
         bar.close()

@@ -7,10 +7,11 @@ trained first order against
 
     Loss = L_det + lambda * (C(alpha) + C(beta) + C(gamma)),   lambda = 0.01
 
-where C is the mixture-weighted sum of the candidates' FLOPs. Weights train on
-one half of the training set and architecture parameters on the other,
-alternating step by step (the architecture step first, as in DARTS); the
-architecture is derived by argmax per layer. The first half of the epochs
+where C is the mixture-weighted sum of the candidates' FLOPs. The search is
+the shared bilevel loop (`core.oneshot.bilevel`): weights train on one half of
+the training images and architecture parameters on the other, alternating
+step by step (the architecture step first, as in DARTS), the weights' SGD
+cosine-annealed per step; the architecture is derived by argmax per layer. The first half of the epochs
 train the weights only (`arch_start_epoch`, default `epochs // 2`), as the
 paper's schedule starts alpha at epoch 6 of 12 (stated for its screening
 stage; METHODS.md records no separate one for the search): until the
@@ -32,42 +33,30 @@ Optional screening (`screening: {...}`, `tasks.detection.screening`) first
 narrows each component to 8 candidates with the group lasso, then the search
 runs on those sub-spaces.
 
-Registered as strategy `hitdet`, a `core.oneshot.base.Searcher` (`fit(None, data) -> Arch`);
-it checkpoints to `checkpoint` after every epoch and resumes from it.
+Registered as strategy `hitdet` , a `core.oneshot.base.BilevelSearcher` (`fit(None, data) -> Arch`); it checkpoints to
+`checkpoint` after every epoch (with the screened sub-spaces) and resumes from it.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
-from core.task import Task
-from core.oneshot.base import Searcher
+from core.api import Arch, choice_modules, set_mixture
 from core.cost import count_macs
-from core.engine.data import DataSplits, cycle, split_indices
-from core.engine.registry import STRATEGIES, ConfigError
-from core.engine.runs import load_checkpoint, resume_epoch_state, save_epoch_state
-from core.objective import Objective
-from core.api import (
-    Arch,
-    architecture_parameters,
-    choice_modules,
-    set_mixture,
-)
+from core.engine.data import DataSplits
 from core.engine.progress import progress_enabled
+from core.engine.registry import STRATEGIES, ConfigError
+from core.engine.runs import load_checkpoint
+from core.objective import Objective
+from core.oneshot.bilevel import BilevelSearcher
+from core.task import Task
 from tasks.detection.data import collate
 from tasks.detection.space import COMPONENTS, HitDetectorSpace
 from tasks.detection.task import detection_loss
-
-CHECKPOINT_FORMAT = "archforge-hitdet-1"
 
 
 def candidate_costs(model: nn.Module, image_size: int, proposals: int | None = None) -> dict[str, torch.Tensor]:
@@ -112,9 +101,16 @@ def candidate_costs(model: nn.Module, image_size: int, proposals: int | None = N
 
 
 @STRATEGIES.register("hitdet")
-class HitDetSearcher(Searcher):
+class HitDetSearcher(BilevelSearcher):
     """End-to-end search of a `HitDetectorSpace` (see the module docstring). `fit(None, data) -> Arch`."""
 
+    checkpoint_format = "archforge-hitdet-1"
+    title = "Hit-Detector search"
+    items = "images"
+    warmup_key = "arch_start_epoch"
+    scheduler_interval = "step"
+    weight_batch_first = False
+    collate = staticmethod(collate)
 
     def __init__(self, space: HitDetectorSpace, seed: int = 0, objective: Objective | None = None, epochs: int = 12,
                  batch_size: int = 8, steps_per_epoch: int | None = None, train_portion: float = 0.5,
@@ -123,37 +119,26 @@ class HitDetSearcher(Searcher):
                  arch_start_epoch: int | None = None, flops_lambda: float = 0.01, cost_normalize: bool = True,
                  screening: dict | None = None, checkpoint: str | None = None, progress: bool = False,
                  device: str = "cpu", task: Task | None = None):
-        self.task = task
         if not isinstance(space, HitDetectorSpace):
             raise ConfigError(f"strategy: hitdet searches a hitdet space, got {type(space).__name__}")
-        if not 0 < train_portion < 1:
-            raise ConfigError(f"strategy.train_portion: expected a fraction in (0, 1), got {train_portion!r}")
-        if epochs < 1:
-            raise ConfigError(f"strategy.epochs: expected an integer >= 1, got {epochs!r}")
-        if steps_per_epoch is not None and steps_per_epoch < 1:
-            raise ConfigError(f"strategy.steps_per_epoch: expected >= 1 or null, got {steps_per_epoch!r}")
-        if arch_start_epoch is None:  # the paper's schedule: alpha trains in the second half (epochs 6-12 of 12)
-            arch_start_epoch = epochs // 2
-        if not 0 <= arch_start_epoch < epochs:
-            raise ConfigError(f"strategy.arch_start_epoch: expected 0 <= arch_start_epoch < epochs ({epochs}), got "
-                              f"{arch_start_epoch!r} (alpha would never train)")
+        if arch_start_epoch is None and isinstance(epochs, int):
+            arch_start_epoch = epochs // 2  # the paper's schedule: alpha trains in the second half (6-12 of 12)
         if flops_lambda < 0:
             raise ConfigError(f"strategy.flops_lambda: expected >= 0, got {flops_lambda!r}")
-        self.space, self.seed, self.objective = space, seed, objective
-        self.epochs, self.batch_size, self.steps_per_epoch = epochs, batch_size, steps_per_epoch
-        self.train_portion = train_portion
-        self.lr, self.momentum, self.weight_decay, self.grad_clip = lr, momentum, weight_decay, grad_clip
-        self.arch_lr, self.arch_betas, self.arch_weight_decay = arch_lr, tuple(arch_betas), arch_weight_decay
-        self.arch_start_epoch = arch_start_epoch
+        super().__init__(space, seed=seed, objective=objective, epochs=epochs, batch_size=batch_size,
+                         steps_per_epoch=steps_per_epoch, train_portion=train_portion, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay, grad_clip=grad_clip, arch_lr=arch_lr, arch_betas=arch_betas,
+                         arch_weight_decay=arch_weight_decay, warmup_epochs=arch_start_epoch,
+                         relaxation="softmax", checkpoint=checkpoint, progress=progress, device=device, task=task)
         self.flops_lambda, self.cost_normalize = flops_lambda, cost_normalize
         self.screening = dict(screening) if screening else None
-        self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.progress, self.device = progress, torch.device(device)
-        self.history: list[dict[str, Any]] = []
         self.screened: dict[str, list[str]] | None = None
-        self.supernet: nn.Module | None = None
-        self.arch: Arch | None = None
         self._costs: dict[str, tuple[str, torch.Tensor]] = {}
+
+    @property
+    def arch_start_epoch(self) -> int:
+        """The first epoch with architecture steps (the weight-only epochs before it are the warm-up)."""
+        return self.warmup_epochs
 
     # -- cost term ----------------------------------------------------------------------------------
     def _prepare_costs(self, model: nn.Module) -> None:
@@ -179,52 +164,44 @@ class HitDetSearcher(Searcher):
             out[comp] = out[comp] + (F.softmax(m.logits, -1) * costs.to(m.logits)).sum()
         return out
 
-    # -- data ---------------------------------------------------------------------------------------
-    def _halves(self, data: DataSplits) -> tuple[Subset, Subset]:
-        first, second = split_indices(len(data.train), self.train_portion, self.seed, "images")
-        return Subset(data.train, first), Subset(data.train, second)
-
-    # -- search ---------------------------------------------------------------------------------------
-    def fit(self, module: nn.Module | None, data: DataSplits) -> Arch:
+    # -- the bilevel loop's pieces ---------------------------------------------------------------------
+    def prepare(self, data: DataSplits) -> None:
         if self.screening and self.screened is None:
             self._screen(data)
-        if module is None:
-            torch.manual_seed(self.seed)
-            module = self.space.supernet(num_classes=data.num_classes, candidates=self.screened)
-        model = module.to(self.device)
-        if not choice_modules(model):
-            raise ValueError(f"{type(model).__name__} has no ChoiceModule: nothing to search")
-        self.supernet = model
+
+    def build_supernet(self, data: DataSplits) -> nn.Module:
+        return self.space.supernet(num_classes=data.num_classes, candidates=self.screened)
+
+    def setup(self, model: nn.Module) -> None:
+        super().setup(model)
         set_mixture(model, "softmax")
-        alphas = architecture_parameters(model)
-        alpha_ids = {id(a) for a in alphas}
-        weights = [p for p in model.parameters() if id(p) not in alpha_ids and p.requires_grad]
         self._prepare_costs(model)
-        w_opt = torch.optim.SGD(weights, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        a_opt = torch.optim.Adam(alphas, lr=self.arch_lr, betas=self.arch_betas, weight_decay=self.arch_weight_decay)
-        train_half, val_half = self._halves(data)
-        steps = math.ceil(len(train_half) / self.batch_size)
-        steps = min(steps, self.steps_per_epoch) if self.steps_per_epoch else steps
-        self.epoch_steps = steps  # steps_per_epoch caps an epoch; one pass over the weight half is the most
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.epochs * steps)
-        start_epoch, history, _ = resume_epoch_state(
-            self.checkpoint, CHECKPOINT_FORMAT, self.space, "Hit-Detector search", self.epochs,
-            state_dict=model, w_opt=w_opt, a_opt=a_opt, scheduler=scheduler)
-        self.history = history or self.history
-        bar = tqdm(total=self.epochs * steps, initial=start_epoch * steps, desc="Hit-Detector search", unit="step",
-                   disable=not progress_enabled(self.progress), dynamic_ncols=True)
-        for epoch in range(start_epoch, self.epochs):
-            row = self._epoch(model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, scheduler,
-                              bar)
-            self.history.append(row)
-            if self.checkpoint:
-                save_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, epoch + 1, self.history,
-                                 {"screened": self.screened}, state_dict=model, w_opt=w_opt, a_opt=a_opt,
-                                 scheduler=scheduler)
-        bar.close()
-        model.eval()
-        self.arch = self.derive(model)
-        return self.arch
+
+    def weight_scheduler(self, optimizer, steps):
+        """Cosine annealing over every step of the search, stepped per weight step."""
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.epochs * steps)
+
+    def weight_loss(self, model: nn.Module, batch: Any, warmup: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        images, targets = batch
+        loss, _ = detection_loss(model, images, targets)
+        return loss, {"loss": float(loss.detach())}
+
+    def arch_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_det + lambda * (C_b + C_n + C_h)."""
+        images, targets = batch
+        det, _ = detection_loss(model, images, targets)
+        cost = sum(self.cost(model).values())
+        loss = det + self.flops_lambda * cost
+        return loss, {"arch_loss": float(loss.detach()), "cost": float(cost.detach())}
+
+    def epoch_summary(self, model: nn.Module, epoch: int, sums: dict[str, float], steps: int,
+                      warmup: bool) -> dict[str, Any]:
+        n = max(steps, 1)
+        return {"train_loss": sums.get("loss", 0.0) / n, "arch_loss": sums.get("arch_loss", 0.0) / n,
+                "cost": sums.get("cost", 0.0) / n}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"screened": self.screened}
 
     def _screen(self, data: DataSplits) -> None:
         from tasks.detection.screening import screen_detector
@@ -246,47 +223,6 @@ class HitDetSearcher(Searcher):
         self.screened = result["candidates"]
         self.screening_report = {c: {"kept": d["kept"], "removed": d["removed"], "seconds": d["seconds"]}
                                  for c, d in result["details"].items()}
-
-    def _epoch(self, model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, scheduler, bar):
-        seed = self.seed * 1_000_003 + epoch
-        torch.manual_seed(seed)
-        train_batches = cycle(DataLoader(train_half, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
-                                          generator=torch.Generator().manual_seed(seed)))
-        val_batches = cycle(DataLoader(val_half, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
-                                        generator=torch.Generator().manual_seed(seed + 1)))
-        model.train()
-        started = time.perf_counter()
-        sums = {"loss": 0.0, "arch_loss": 0.0, "cost": 0.0}
-        search_arch = epoch >= self.arch_start_epoch
-        for step in range(steps):
-            if search_arch:  # architecture step on the other half: L_det + lambda * (C_b + C_n + C_h)
-                images, targets = next(val_batches)
-                det, _ = detection_loss(model, [i.to(self.device) for i in images], _to(targets, self.device))
-                cost = sum(self.cost(model).values())
-                arch_loss = det + self.flops_lambda * cost
-                a_opt.zero_grad(set_to_none=True)
-                grads = torch.autograd.grad(arch_loss, alphas, allow_unused=True)
-                for a, g in zip(alphas, grads):
-                    a.grad = torch.zeros_like(a) if g is None else g
-                a_opt.step()
-                sums["arch_loss"] += float(arch_loss.detach())
-                sums["cost"] += float(cost.detach())
-            images, targets = next(train_batches)
-            loss, _ = detection_loss(model, [i.to(self.device) for i in images], _to(targets, self.device))
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"Hit-Detector search loss is {loss.item()} at epoch {epoch} step {step}")
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=weights)
-            if self.grad_clip:
-                nn.utils.clip_grad_norm_(weights, self.grad_clip)
-            w_opt.step()
-            scheduler.step()
-            sums["loss"] += float(loss.detach())
-            bar.update(1)
-        n = max(steps, 1)
-        return {"epoch": epoch, "train_loss": sums["loss"] / n, "arch_loss": sums["arch_loss"] / n,
-                "cost": sums["cost"] / n, "lr": w_opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - started, "arch": self.derive(model).to_dict()}
 
     # -- derivation -----------------------------------------------------------------------------------
     def derive(self, supernet: nn.Module | None = None) -> Arch:
@@ -312,10 +248,6 @@ class HitDetSearcher(Searcher):
             if getattr(self, "screening_report", None):
                 out["screening"] = self.screening_report
         return out
-
-
-def _to(targets, device):
-    return [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
 
 
 __all__ = ["HitDetSearcher", "candidate_costs"]

@@ -38,7 +38,8 @@ available to us, so the details come from the derivative code
   and adapt the same way after each epoch within `macs_band * macs_target`
   (default [0.5, 1.0] x target). The target defaults to the objective's
   `macs <= X` constraint.
-- Optimisation: first order, alternating per step: an architecture step (Adam,
+- Optimisation: the shared bilevel loop (`core.oneshot.bilevel`), first
+  order, alternating per step: an architecture step (Adam,
   lr 3e-4, betas (0.5, 0.999)) on a batch of one half of the training images, a
   weight step on the other half (a 50/50 split by image). Weights: Adam,
   lr 1e-4 halved at 25/50/75 % of the epochs. The weight step follows the
@@ -50,35 +51,29 @@ available to us, so the details come from the derivative code
   supernet was computing at the end. `export()` gives it with the supernet's
   weights (search and training in one phase).
 
-A `core.oneshot.base.Searcher`: `archforge search` calls `fit(None, data)`, which
-checkpoints to `checkpoint` after every epoch and resumes from it.
+A `core.oneshot.base.Searcher` (a `BilevelSearcher`): `archforge search` calls `fit(None, data)`, which checkpoints to `checkpoint`
+after every epoch (with the adapted MACs weight) and resumes from it.
 """
 
 from __future__ import annotations
 
-import math
-import time
+import random
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
+from torch.utils.data import Subset
 
-from core.task import Task
-from core.oneshot.base import Searcher
-from core.engine.data import DataSplits, cycle, split_indices
-from core.engine.registry import STRATEGIES, ConfigError
-from core.engine.runs import resume_epoch_state, save_epoch_state
-from core.objective import Objective
 from core.api import Arch, SearchSpace
 from core.api.sparsestmax import order_loss
-from core.engine.progress import progress_enabled
+from core.engine.data import DataSplits, split_indices
+from core.engine.registry import STRATEGIES, ConfigError
+from core.objective import Objective
+from core.oneshot.bilevel import BilevelSearcher
+from core.task import Task
 from tasks.super_resolution.supernet import RELAXATIONS, TrilevelSupernet
-
-CHECKPOINT_FORMAT = "archforge-trilevel-1"
 
 
 def macs_target_from(objective: Objective | None) -> float | None:
@@ -114,9 +109,14 @@ def load_sr_teacher(spec: dict[str, Any]) -> nn.Module:
 
 
 @STRATEGIES.register("trilevel")
-class TrilevelSearcher(Searcher):
+class TrilevelSearcher(BilevelSearcher):
     """Trilevel NAS on a `trilevel_sr` space (see the module docstring). `fit(None, data) -> Arch`."""
 
+    checkpoint_format = "archforge-trilevel-1"
+    title = "trilevel"
+    items = "training images"
+    #: a cell off every path with weight (sparsestmax zeros) is outside the step's graph: Adam leaves it alone
+    zero_unused_arch_grads = False
 
     def __init__(self, space: SearchSpace, seed: int = 0, objective: Objective | None = None, epochs: int = 10,
                  steps_per_epoch: int | None = None, batch_size: int = 8, relaxation: str = "sparsestmax",
@@ -129,18 +129,8 @@ class TrilevelSearcher(Searcher):
                  warmup_epochs: int = 0, teacher: dict | None = None, teacher_weight: float = 1.0,
                  hr_weight: float = 1.0, out_hw: list | None = None, checkpoint: str | None = None,
                  progress: bool = False, device: str = "cpu", task: Task | None = None):
-        self.task = task
         if relaxation not in RELAXATIONS:
             raise ConfigError(f"strategy.relaxation: expected one of {', '.join(RELAXATIONS)}, got {relaxation!r}")
-        if epochs < 1:
-            raise ConfigError(f"strategy.epochs: expected an integer >= 1, got {epochs!r}")
-        if not 0 <= warmup_epochs < epochs:
-            raise ConfigError(f"strategy.warmup_epochs: expected 0 <= warmup_epochs < epochs={epochs}, "
-                              f"got {warmup_epochs!r}")
-        if steps_per_epoch is not None and steps_per_epoch < 1:
-            raise ConfigError(f"strategy.steps_per_epoch: expected an integer >= 1 or null, got {steps_per_epoch!r}")
-        if not 0 < train_portion < 1:
-            raise ConfigError(f"strategy.train_portion: expected a fraction in (0, 1), got {train_portion!r}")
         if macs_mode not in ("hinge", "linear", "target"):
             raise ConfigError(f"strategy.macs_mode: expected hinge, linear or target, got {macs_mode!r}")
         if macs_pull not in ("cells", "all"):
@@ -154,38 +144,28 @@ class TrilevelSearcher(Searcher):
 
         if not isinstance(space, TrilevelSpace):
             raise ConfigError("strategy.name: trilevel searches a trilevel_sr space (space: {name: trilevel_sr})")
-        self.space, self.seed, self.objective = space, seed, objective
-        self.epochs, self.steps_per_epoch, self.batch_size = epochs, steps_per_epoch, batch_size
-        self.relaxation, self.end_fraction = relaxation, end_fraction
-        self.lr, self.arch_lr, self.arch_betas = lr, arch_lr, tuple(arch_betas)
-        self.arch_weight_decay = arch_weight_decay
+        super().__init__(space, seed=seed, objective=objective, epochs=epochs, batch_size=batch_size,
+                         steps_per_epoch=steps_per_epoch, train_portion=train_portion, lr=lr, grad_clip=grad_clip,
+                         arch_lr=arch_lr, arch_betas=arch_betas, arch_weight_decay=arch_weight_decay,
+                         warmup_epochs=warmup_epochs, relaxation=relaxation, end_fraction=end_fraction,
+                         checkpoint=checkpoint, progress=progress, device=device, task=task)
         self.lr_milestones = lr_milestones if lr_milestones is not None else \
             sorted({max(1, round(epochs * f)) for f in (0.25, 0.5, 0.75)})
-        self.grad_clip, self.train_portion = grad_clip, train_portion
         self.macs_target = macs_target if macs_target is not None else macs_target_from(objective)
         self.macs_weight, self.macs_band, self.macs_mode = float(macs_weight), band, macs_mode
         self.macs_pull = macs_pull
         self.order_weight, self.order_mode = order_weight, order_mode
-        self.sandwich, self.warmup_epochs = sandwich, warmup_epochs
+        self.sandwich = sandwich
         self.teacher_spec, self.teacher_weight, self.hr_weight = teacher, teacher_weight, hr_weight
         self.out_hw = tuple(out_hw or getattr(space, "cost_output", (720, 1280)))
-        self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.progress, self.device = progress, torch.device(device)
-        self.history: list[dict[str, Any]] = []
         self.supernet: TrilevelSupernet | None = None
         self.teacher: nn.Module | None = None
-        self.arch: Arch | None = None
+        self._last_macs = float("nan")
 
-    # -- pieces ----------------------------------------------------------------------------------------
-    def _halves(self, train) -> tuple[Any, Any]:
-        """50/50 by image when the dataset can (random crops of one image stay on one side), else by item."""
-        n = len(train.hrs) if hasattr(train, "subset") else len(train)
-        first, second = split_indices(n, self.train_portion, self.seed, "training images")
-        if hasattr(train, "subset"):
-            per_half = max(1, len(train) // 2)
-            return train.subset(first, per_half), train.subset(second, per_half)
-        return Subset(train, first), Subset(train, second)
+    def progress_label(self) -> str:
+        return f"trilevel ({self.relaxation})"
 
+    # -- losses ----------------------------------------------------------------------------------------
     def _fidelity(self, sr: torch.Tensor, lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         loss = self.hr_weight * F.l1_loss(sr, hr)
         if self.teacher is not None:
@@ -194,8 +174,8 @@ class TrilevelSearcher(Searcher):
             loss = loss + self.teacher_weight * F.l1_loss(sr, target)
         return loss
 
-    def arch_loss(self, model: TrilevelSupernet, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The architecture step's loss: fidelity + MACs term + sorting term (terms returned for logging)."""
+    def arch_terms(self, model: TrilevelSupernet, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The architecture step's loss terms: fidelity, MACs term, sorting term and their `total`."""
         model.width_mode = "relaxed"
         terms = {"fidelity": self._fidelity(model(lr), lr, hr)}
         terms["macs"] = model.expected_macs(self.out_hw)
@@ -209,15 +189,23 @@ class TrilevelSearcher(Searcher):
         terms["total"] = terms["fidelity"] + terms.get("macs_term", 0.0) + terms["order"]
         return terms
 
-    def weight_loss(self, model: TrilevelSupernet, lr: torch.Tensor, hr: torch.Tensor, warmup: bool) -> torch.Tensor:
+    def arch_loss(self, model: TrilevelSupernet, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Fidelity + MACs term + sorting term on an architecture-half batch."""
+        lr, hr = batch
+        terms = self.arch_terms(model, lr, hr)
+        self._last_macs = float(terms["macs"].detach())
+        return terms["total"], {"arch_fidelity": float(terms["fidelity"].detach()) * len(lr), "n_arch": len(lr)}
+
+    def weight_loss(self, model: TrilevelSupernet, batch: Any, warmup: bool) -> tuple[torch.Tensor, dict[str, float]]:
         """The sandwich rule: relaxed + widest + narrowest (warm-up: widest + narrowest + one random)."""
+        lr, hr = batch
         modes = ("max", "min", "random") if warmup else (("relaxed", "max", "min") if self.sandwich else ("relaxed",))
         total = 0.0
         for mode in modes:
             model.width_mode = mode
             total = total + self._fidelity(model(lr), lr, hr)
         model.width_mode = "relaxed"
-        return total
+        return total, {"train_loss": total.item() * len(lr), "n": len(lr)}
 
     def _adapt_macs_weight(self, expected: float) -> None:
         """Double the MACs weight above the band's top, halve it below its bottom (the derivative code's rule)."""
@@ -229,100 +217,70 @@ class TrilevelSearcher(Searcher):
         elif expected < low:
             self.macs_weight /= 2.0
 
-    # -- search ------------------------------------------------------------------------------------------
-    def fit(self, module: TrilevelSupernet | None, data: DataSplits) -> Arch:
-        if module is None:
-            torch.manual_seed(self.seed)
-            module = self.space.supernet()
-        model = module.to(self.device)
-        self.supernet = model
+    # -- the bilevel loop's pieces -----------------------------------------------------------------------
+    def build_supernet(self, data: DataSplits) -> TrilevelSupernet:
+        return self.space.supernet()
+
+    def setup(self, model: TrilevelSupernet) -> None:
         if self.teacher_spec:
             self.teacher = load_sr_teacher(self.teacher_spec).to(self.device)
-        alphas, weights = model.arch_parameters(), model.weight_parameters()
+
+    def parameter_groups(self, model: TrilevelSupernet) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        return model.arch_parameters(), model.weight_parameters()
+
+    def init_architecture(self, alphas: list[nn.Parameter]) -> None:
+        """DARTS's 1e-3 N(0, 1) init: sparse relaxations have no gradient at exact ties."""
         gen = torch.Generator().manual_seed(self.seed)
-        with torch.no_grad():  # DARTS's 1e-3 N(0, 1) init: sparse relaxations have no gradient at exact ties
+        with torch.no_grad():
             for a in alphas:
                 a.copy_(1e-3 * torch.randn(a.shape, generator=gen))
-        w_opt = torch.optim.Adam(weights, lr=self.lr)
-        a_opt = torch.optim.Adam(alphas, lr=self.arch_lr, betas=self.arch_betas, weight_decay=self.arch_weight_decay)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(w_opt, self.lr_milestones, gamma=0.5)
-        start, history, payload = resume_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, "trilevel",
-                                                     self.epochs, state_dict=model, w_opt=w_opt, a_opt=a_opt,
-                                                     scheduler=scheduler)
-        self.history = history or self.history
-        self.macs_weight = float(payload.get("macs_weight", self.macs_weight))
 
-        train_half, val_half = self._halves(data.train)
-        steps = math.ceil(len(train_half) / self.batch_size)
-        steps = min(steps, self.steps_per_epoch) if self.steps_per_epoch else steps
-        bar = tqdm(total=self.epochs * steps, initial=start * steps, desc=f"trilevel ({self.relaxation})",
-                   unit="step", disable=not progress_enabled(self.progress), dynamic_ncols=True)
-        for epoch in range(start, self.epochs):
-            row = self._epoch(model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, bar)
-            scheduler.step()
-            self._adapt_macs_weight(row["expected_macs"])
-            row["macs_weight_next"] = self.macs_weight
-            self.history.append(row)
-            if self.checkpoint:
-                save_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, epoch + 1, self.history,
-                                 {"macs_weight": self.macs_weight}, state_dict=model, w_opt=w_opt, a_opt=a_opt,
-                                 scheduler=scheduler)
-        bar.close()
-        model.eval()
-        self.arch = self.derive(model)
-        return self.arch
+    def weight_optimizer(self, weights: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(weights, lr=self.lr)
 
-    def _epoch(self, model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, bar) -> dict:
-        import random
+    def weight_scheduler(self, optimizer, steps):
+        """The learning rate halves at each of `lr_milestones` (epochs)."""
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, self.lr_milestones, gamma=0.5)
 
-        seed = self.seed * 1_000_003 + epoch
-        torch.manual_seed(seed)
+    def halves(self, data: DataSplits) -> tuple[Any, Any]:
+        """50/50 by image when the dataset can (random crops of one image stay on one side), else by item."""
+        train = data.train
+        n = len(train.hrs) if hasattr(train, "subset") else len(train)
+        first, second = split_indices(n, self.train_portion, self.seed, self.items)
+        if hasattr(train, "subset"):
+            per_half = max(1, len(train) // 2)
+            return train.subset(first, per_half), train.subset(second, per_half)
+        return Subset(train, first), Subset(train, second)
+
+    def seed_epoch(self, seed: int) -> None:
+        super().seed_epoch(seed)
         random.seed(seed)  # basicsr's crops and flips
-        train_loader = DataLoader(train_half, batch_size=self.batch_size, shuffle=True,
-                                  generator=torch.Generator().manual_seed(seed))
-        val_batches = cycle(DataLoader(val_half, batch_size=self.batch_size, shuffle=True,
-                                        generator=torch.Generator().manual_seed(seed + 1)))
-        warmup = epoch < self.warmup_epochs
-        model.train()
-        started = time.perf_counter()
-        sums = {"train_loss": 0.0, "arch_fidelity": 0.0, "n": 0, "n_arch": 0}
-        expected = float("nan")
-        for step, (lr, hr) in enumerate(train_loader):
-            if step >= steps:
-                break
-            lr, hr = lr.to(self.device), hr.to(self.device)
-            progress = (epoch * steps + step + 1) / (self.epochs * steps)
-            model.set_relaxation(self.relaxation, progress=progress, end_fraction=self.end_fraction)
-            if not warmup:
-                lr_v, hr_v = (t.to(self.device) for t in next(val_batches))
-                terms = self.arch_loss(model, lr_v, hr_v)
-                grads = torch.autograd.grad(terms["total"], alphas, allow_unused=True)
-                for a, g in zip(alphas, grads):
-                    a.grad = None if g is None else g.detach()
-                a_opt.step()
-                a_opt.zero_grad(set_to_none=True)
-                sums["arch_fidelity"] += float(terms["fidelity"].detach()) * len(lr_v)
-                sums["n_arch"] += len(lr_v)
-                expected = float(terms["macs"].detach())
-            loss = self.weight_loss(model, lr, hr, warmup)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"trilevel search loss is {loss.item()} at epoch {epoch} step {step}")
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=weights)
-            if self.grad_clip:
-                nn.utils.clip_grad_norm_(weights, self.grad_clip)
-            w_opt.step()
-            sums["train_loss"] += loss.item() * len(lr)
-            sums["n"] += len(lr)
-            bar.update(1)
-        if math.isnan(expected):
+
+    def relax(self, model: TrilevelSupernet, epoch: int, step: int, steps: int) -> None:
+        model.set_relaxation(self.relaxation, progress=self.schedule_progress(epoch, step, steps),
+                             end_fraction=self.end_fraction)
+
+    def epoch_summary(self, model: TrilevelSupernet, epoch: int, sums: dict[str, float], steps: int,
+                      warmup: bool) -> dict[str, Any]:
+        if sums.get("n_arch"):
+            expected = self._last_macs
+        else:
             with torch.no_grad():
                 expected = float(model.expected_macs(self.out_hw))
-        return {"epoch": epoch, "warmup": warmup, "train_loss": sums["train_loss"] / max(sums["n"], 1),
-                "arch_l1": sums["arch_fidelity"] / max(sums["n_arch"], 1) if sums["n_arch"] else None,
-                "expected_macs": expected, "macs_weight": self.macs_weight, "progress": (epoch + 1) / self.epochs,
-                "lr": w_opt.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
-                "arch": self.derive(model).to_dict()}
+        return {"warmup": warmup, "train_loss": sums.get("train_loss", 0.0) / max(sums.get("n", 0), 1),
+                "arch_l1": sums["arch_fidelity"] / max(sums["n_arch"], 1) if sums.get("n_arch") else None,
+                "expected_macs": expected, "macs_weight": self.macs_weight,
+                "progress": (epoch + 1) / self.epochs}
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        self._adapt_macs_weight(row["expected_macs"])
+        row["macs_weight_next"] = self.macs_weight
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"macs_weight": self.macs_weight}
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        self.macs_weight = float(payload.get("macs_weight", self.macs_weight))
 
     # -- derivation ----------------------------------------------------------------------------------------
     def derive(self, supernet: TrilevelSupernet | None = None) -> Arch:

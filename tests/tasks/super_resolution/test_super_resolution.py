@@ -292,7 +292,7 @@ def test_teacher_term_adds_l1_to_a_frozen_basicsr_teacher(tmp_path):
     assert not any(p.requires_grad for p in searcher.teacher.parameters())
     sup = space.supernet()
     lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16)
-    terms = searcher.arch_loss(sup, lr, hr)
+    terms = searcher.arch_terms(sup, lr, hr)
     with torch.no_grad():
         sr = sup(lr)
         expected = torch.nn.functional.l1_loss(sr, hr) + 0.5 * torch.nn.functional.l1_loss(sr, teacher(lr))
@@ -309,7 +309,7 @@ def test_macs_term_forms(mode):
         expected = float(sup.expected_macs(space.cost_output))
     for target in (expected / 2, expected * 2):
         searcher = TrilevelSearcher(space, macs_target=target, macs_weight=3.0, macs_mode=mode, order_weight=0.0)
-        term = float(searcher.arch_loss(sup, torch.rand(1, 3, 6, 6), torch.rand(1, 3, 12, 12))["macs_term"].detach())
+        term = float(searcher.arch_terms(sup, torch.rand(1, 3, 6, 6), torch.rand(1, 3, 12, 12))["macs_term"].detach())
         ratio = expected / target
         hand = {"hinge": max(ratio - 1, 0.0), "linear": ratio, "target": abs(ratio - 1)}[mode]
         assert term == pytest.approx(3.0 * hand, rel=1e-5)
@@ -327,7 +327,7 @@ def test_macs_pull_below_target_spares_the_network_level():
 
     def grads(target, pull):
         searcher = TrilevelSearcher(space, macs_target=target, macs_mode="target", macs_pull=pull, order_weight=0.0)
-        term = searcher.arch_loss(sup, lr, hr)["macs_term"]
+        term = searcher.arch_terms(sup, lr, hr)["macs_term"]
         gamma, alpha = torch.autograd.grad(term, [sup.arch_gamma, sup.stem[0].arch_alpha], allow_unused=True)
         return (0.0 if gamma is None else float(gamma.abs().sum())), float(alpha.abs().sum()), float(term.detach())
 
