@@ -236,7 +236,7 @@ def test_msrresnet_baseline_sized_to_a_macs_budget():
 
 
 def test_matched_baseline_has_at_least_the_searched_networks_macs_and_the_search_says_when_a_limit_is_broken(capsys):
-    from core.cli import _check_derived, load_task
+    from core.pipeline import Setup, check_derived, load_task
     from core.engine.config import load_config
     from core.objective import Objective
 
@@ -257,7 +257,7 @@ def test_matched_baseline_has_at_least_the_searched_networks_macs_and_the_search
     cfg_small = {**cfg, "super_resolution": {**cfg["super_resolution"], "cost_output": [24, 32]}}
     small = load_task(cfg_small)
     objective = Objective.from_config("psnr", constraints=[f"macs <= {0.5 * space.macs(searched, (24, 32)):g}"])
-    derived = _check_derived(cfg_small, small, data, small.space(data), searched, objective)
+    derived = check_derived(Setup(cfg_small, small, data, small.space(data)), searched, objective)
     line = capsys.readouterr().out.strip()
     assert "over the objective's macs <=" in line and "by 100.0%" in line
     assert derived["macs"] == pytest.approx(space.macs(searched, (24, 32)))
