@@ -16,10 +16,9 @@ def _py2_style(data: bytes) -> bytes:
 
 
 def test_verification_bin_and_cifar_batches_round_trip(tmp_path):
-    from tasks.face_recognition.verification import read_bin, write_bin
-
-    write_bin(tmp_path / "lfw.bin", [b"\xff\xd8a", b"\x89PNGb"], [True])
-    assert read_bin(tmp_path / "lfw.bin") == ([b"\xff\xd8a", b"\x89PNGb"], [True])
+    pairs = ([b"\xff\xd8a", b"\x89PNGb"], [True])  # insightface's .bin: (encoded images, issame), protocol 2
+    (tmp_path / "lfw.bin").write_bytes(pickle.dumps(pairs, protocol=2))
+    assert tuple(safe_load(tmp_path / "lfw.bin", BYTES_AND_BOOLS, "verification .bin", encoding="bytes")) == pairs
 
     batch = {"batch_label": "training batch 1 of 5", "labels": [3, 1],
              "data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), "filenames": ["a.png", "b.png"]}
