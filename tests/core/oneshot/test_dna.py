@@ -16,7 +16,8 @@ from core.engine.registry import SPACES, STRATEGIES, ConfigError
 from core.objective import Constraint, Objective
 from core.api import activate
 from core.zoo.dna import DNA_BLOCK_CFGS, DNA_OPS, DNA_PUBLISHED, DNASpace, dna_digits_space, dna_space_and_arch
-from core.oneshot.dna import DNASearch, constrained_traversal
+from core.oneshot.dna import DNASearch
+from core.oneshot.dna_traversal import constrained_traversal
 from core.oneshot.base import Searcher
 
 
