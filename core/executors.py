@@ -495,6 +495,7 @@ class RayExecutor(Executor):
         self._requested_workers = workers
         self.workers = workers or 1
         self._owns_ray = False
+        self._queue: deque[tuple[Hashable, Arch]] = deque()
         self._refs: dict[Any, tuple[Hashable, float]] = {}
         self._evaluator_ref = None
         self._task = None
@@ -528,16 +529,24 @@ class RayExecutor(Executor):
                                                         max_retries=0)
 
     def submit(self, key: Hashable, arch: Arch) -> None:
-        ref = self._task.remote(self._evaluator_ref, arch, self.threads)
-        self._refs[ref] = (key, time.monotonic())
+        self._queue.append((key, arch))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """At most `workers` tasks out at once, so a timeout counts from when a trial can start."""
+        while self._queue and len(self._refs) < self.workers:
+            key, arch = self._queue.popleft()
+            ref = self._task.remote(self._evaluator_ref, arch, self.threads)
+            self._refs[ref] = (key, time.monotonic())
 
     def wait(self) -> list[tuple[Hashable, Result]]:
         import ray
 
-        if not self._refs:
+        if not self._refs and not self._queue:
             raise RuntimeError("wait() with nothing submitted")
         done: list[tuple[Hashable, Result]] = []
         while not done:
+            self._dispatch()
             timeout = None
             if self.timeout_s:
                 first = min(started for _, started in self._refs.values())
@@ -567,7 +576,7 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             for ref in list(self._refs):
                 ray.cancel(ref, force=True)
-        self._refs = {}
+        self._refs, self._queue = {}, deque()
         self._evaluator_ref = None
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()

@@ -1,0 +1,104 @@
+"""Executors: the process pool and Ray run evaluations elsewhere and report every failure as a Result."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from core.engine.registry import ConfigError
+from core.evaluation import Evaluator, FunctionEvaluator, Result
+from core.executors import ProcessExecutor, SerialExecutor, make_executor
+from core.space import Arch
+
+
+class WhereAmI(Evaluator):
+    """Reports the worker's pid, torch threads and visible GPUs; kills its own process or hangs on request."""
+
+    def __init__(self, sleep: float = 0.0):
+        self.sleep = sleep
+
+    def evaluate(self, arch):
+        import torch
+
+        if arch["do"] == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if arch["do"] == "hang":
+            time.sleep(60)
+        time.sleep(self.sleep)
+        return Result(metrics={"pid": float(os.getpid()), "threads": float(torch.get_num_threads()),
+                               "gpu": float(os.environ.get("CUDA_VISIBLE_DEVICES", "-1").split(",")[0]),
+                               "value": float(arch["x"]) ** 2})
+
+
+def archs(*dos):
+    return [Arch({"do": do, "x": i}) for i, do in enumerate(dos)]
+
+
+def test_process_pool_workers_evaluate_in_order_and_a_death_or_timeout_fails_only_its_candidate():
+    start = time.monotonic()
+    results = ProcessExecutor(workers=2, threads=1).map(
+        WhereAmI(sleep=0.2), archs("ok", "die", "ok", "hang", "ok", "ok", "ok"), timeout_s=3.0)
+    assert [r.status for r in results] == ["ok", "failed", "ok", "failed", "ok", "ok", "ok"]
+    assert "killed by SIGKILL" in results[1].reason and "out-of-memory" in results[1].reason
+    assert "timed out after 3 s" in results[3].reason
+    assert time.monotonic() - start < 40  # the hung evaluation (60 s) was cut at its timeout
+    ok = [r for r in results if r.ok]
+    assert [r.metrics["value"] for r in ok] == [0.0, 4.0, 16.0, 25.0, 36.0]
+    assert len({r.metrics["pid"] for r in ok}) >= 2 and os.getpid() not in {r.metrics["pid"] for r in ok}
+    assert {r.metrics["threads"] for r in ok} == {1.0}
+
+
+def test_serial_timeout_fails_the_candidate_and_goes_on():
+    results = SerialExecutor().map(WhereAmI(), archs("hang", "ok"), timeout_s=0.5)
+    assert results[0].status == "failed" and "timed out after 0.5 s" in results[0].reason
+    assert results[1].ok and results[1].metrics["pid"] == os.getpid()
+
+
+def test_gpus_per_trial_pin_cuda_visible_devices_per_worker():
+    whole = ProcessExecutor(num_gpus=1, gpus=[0, 1])
+    assert whole.workers == 2 and [whole.visible_devices(s) for s in range(2)] == ["0", "1"]
+    shared = ProcessExecutor(num_gpus=0.5, gpus=[3])
+    assert shared.workers == 2 and [shared.visible_devices(s) for s in range(2)] == ["3", "3"]
+    pairs = ProcessExecutor(num_gpus=2, gpus=[0, 1, 2, 3])
+    assert [pairs.visible_devices(s) for s in range(pairs.workers)] == ["0,1", "2,3"]
+    # what a worker really sees
+    results = ProcessExecutor(num_gpus=1, gpus=[4, 7]).map(WhereAmI(sleep=0.5), archs("ok", "ok", "ok", "ok"))
+    assert {r.metrics["gpu"] for r in results} == {4.0, 7.0}
+    with pytest.raises(ConfigError, match="search.executor.workers: 3 workers with num_gpus=1 need 3 GPUs"):
+        ProcessExecutor(workers=3, num_gpus=1, gpus=[0, 1])
+    with pytest.raises(ConfigError, match="search.executor.num_gpus: a fraction of a GPU must be 1/k"):
+        ProcessExecutor(num_gpus=0.3, gpus=[0])
+
+
+def test_executor_config_errors_name_the_key():
+    assert isinstance(make_executor("serial"), SerialExecutor)
+    assert make_executor({"name": "process", "workers": 3}).workers == 3
+    with pytest.raises(ConfigError, match="search.executor.name: unknown executor 'dask'"):
+        make_executor({"name": "dask"})
+    with pytest.raises(ConfigError, match="search.executor.cpus: unknown key"):
+        make_executor({"name": "process", "cpus": 2})
+    with pytest.raises(ConfigError, match="search.executor.workers: expected int"):
+        make_executor({"name": "process", "workers": "two"})
+
+
+def test_an_evaluator_that_cannot_be_pickled_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match="FunctionEvaluator cannot be sent to worker processes.*executor: serial"):
+        ProcessExecutor(workers=2).map(FunctionEvaluator(lambda arch: {"accuracy": 1.0}), archs("ok"))
+
+
+@pytest.mark.slow
+def test_ray_local_instance_runs_trials_and_reports_lost_workers_and_timeouts(monkeypatch):
+    ray = pytest.importorskip("ray")
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    executor = make_executor({"name": "ray", "num_cpus": 1, "workers": 2})
+    results = executor.map(WhereAmI(sleep=0.2), archs("ok", "die", "ok", "hang", "ok"), timeout_s=8.0)
+    assert [r.status for r in results] == ["ok", "failed", "ok", "failed", "ok"]
+    assert "worker process died" in results[1].reason
+    assert "timed out after 8 s" in results[3].reason
+    assert [r.metrics["value"] for r in results if r.ok] == [0.0, 4.0, 16.0]
+    assert {r.metrics["threads"] for r in results if r.ok} == {1.0}
+    assert os.getpid() not in {r.metrics["pid"] for r in results if r.ok}
