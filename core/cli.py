@@ -121,6 +121,16 @@ def cmd_search(cfg, progress: bool, resume: str | None) -> int:
     from core.objective import Objective
     from core.search import Search
 
+    from core.engine.lightning import relaunches_command
+
+    if cfg["retrain"]["enabled"] and relaunches_command(cfg["train"]):
+        raise ConfigError(f"train.strategy: {cfg['train']['strategy']!r} re-runs the command in every process, "
+                          "which would repeat the search; retrain with train.strategy=ddp_spawn, or set "
+                          "retrain.enabled=false and train the best arch with `archforge train CONFIG "
+                          "train.arch=RUN_DIR/best_arch.json`")
+    executor = make_executor(cfg["search"]["executor"])  # a bad executor config fails before any work
+    if cfg["search"]["tell_order"] not in ("submission", "completion"):
+        raise ConfigError(f"search.tell_order: expected submission or completion, got {cfg['search']['tell_order']!r}")
     seed_everything(cfg["seed"])
     task = load_task(cfg)
     data = task.data()
@@ -153,8 +163,8 @@ def cmd_search(cfg, progress: bool, resume: str | None) -> int:
             journal.close()
     try:
         summary = Search(space, strategy, evaluator, objective, journal, budget=cfg["search"]["budget"],
-                         executor=make_executor(cfg["search"]["executor"]), batch_size=cfg["search"]["batch_size"],
-                         progress=progress).run()
+                         executor=executor, batch_size=cfg["search"]["batch_size"],
+                         tell_order=cfg["search"]["tell_order"], progress=progress).run()
     finally:
         journal.close()
     _write_search_outputs(run_dir, summary, objective)
@@ -296,6 +306,10 @@ def cmd_train(cfg, progress: bool) -> int:
     _log(f"train: {label} ({arch.key}) on {data.name} for {cfg['train']['epochs']} epochs -> {run_dir}")
     model = space.build(arch, num_classes=data.num_classes)
     val = task.train(model, data, run_dir, progress)
+    from core.engine.lightning import is_global_zero
+
+    if not is_global_zero():
+        return 0  # another process of a distributed training: rank 0 writes the outputs
     metrics = {f"val_{k}": v for k, v in val.items()}
     save_model(run_dir / "model.pt", cfg, arch, model, metrics)
     write_json(run_dir / "metrics.json", metrics)

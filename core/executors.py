@@ -15,6 +15,9 @@ Workers receive the evaluator once, pickled (`process`: standard pickle, so
 the evaluator and everything it holds must be importable by name; `ray`:
 cloudpickle through the object store). Evaluators hold a space, the data and
 a recipe, all picklable; a `FunctionEvaluator` needs a module-level function.
+Work an evaluator would otherwise repeat in every worker (training the
+compression evaluator's teacher) is done once in the driver first, by its
+`prepare()` method when it has one.
 
 - `process`: `multiprocessing` with the spawn start method (a fresh
   interpreter per worker, safe with CUDA and threads); each worker runs with
@@ -94,6 +97,14 @@ def _check_timeout(timeout_s: float | None) -> float | None:
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise ConfigError(f"evaluator.timeout_s: expected a number of seconds > 0 or null, got {timeout_s!r}")
     return float(timeout_s)
+
+
+def _prepared(evaluator: Evaluator) -> Evaluator:
+    """Run the evaluator's one-time `prepare()` (if any) here, before copies go to the workers."""
+    prepare = getattr(evaluator, "prepare", None)
+    if callable(prepare):
+        prepare()
+    return evaluator
 
 
 def _timed_out(timeout_s: float, cost: float) -> Result:
@@ -297,6 +308,7 @@ class ProcessExecutor(Executor):
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self, evaluator: Evaluator, timeout_s: float | None = None) -> None:
         self.timeout_s = _check_timeout(timeout_s)
+        _prepared(evaluator)
         try:
             self._payload = pickle.dumps(evaluator)
         except Exception as err:  # noqa: BLE001 - any pickling failure means the same thing to the user
@@ -520,6 +532,7 @@ class RayExecutor(Executor):
             fits = [resources.get("CPU", 1) / self.num_cpus if self.num_cpus else math.inf,
                     resources.get("GPU", 0) / self.num_gpus if self.num_gpus else math.inf]
             self.workers = max(1, int(min(fits))) if math.isfinite(min(fits)) else max(1, int(resources.get("CPU", 1)))
+        _prepared(evaluator)
         try:
             self._evaluator_ref = ray.put(evaluator)
         except Exception as err:  # noqa: BLE001

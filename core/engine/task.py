@@ -56,8 +56,15 @@ class Task:
         return SPACES.build(section, "space", **extra)
 
     def evaluator(self, space: SearchSpace, data: DataSplits) -> Evaluator:
-        section = self.cfg.get("evaluator") or {"name": "train"}
-        return EVALUATORS.build(section, "evaluator", space=space, data=data)
+        """The `evaluator` section's evaluator; its `timeout_s` (seconds per evaluation, enforced by the
+        search's executor) is read here and set on the evaluator."""
+        section = dict(self.cfg.get("evaluator") or {"name": "train"})
+        timeout = section.pop("timeout_s", None)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ConfigError(f"evaluator.timeout_s: expected a number of seconds > 0 or null, got {timeout!r}")
+        evaluator = EVALUATORS.build(section, "evaluator", space=space, data=data)
+        evaluator.timeout_s = timeout
+        return evaluator
 
     def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
         raise ConfigError(f"retrain.baselines: task {self.name!r} has no baseline {name!r}")

@@ -18,7 +18,10 @@ from core.space import Arch
 
 class Evaluator:
     """Base class. `fingerprint()` identifies the evaluation recipe in the journal, so a resumed
-    search never mixes results of two different recipes."""
+    search never mixes results of two different recipes. `timeout_s`, when set, is the wall time
+    after which the search's executor gives up on an evaluation and journals it as failed."""
+
+    timeout_s: float | None = None
 
     def evaluate(self, arch: Arch) -> Result:
         raise NotImplementedError

@@ -102,3 +102,31 @@ def test_ray_local_instance_runs_trials_and_reports_lost_workers_and_timeouts(mo
     assert [r.metrics["value"] for r in results if r.ok] == [0.0, 4.0, 16.0]
     assert {r.metrics["threads"] for r in results if r.ok} == {1.0}
     assert os.getpid() not in {r.metrics["pid"] for r in results if r.ok}
+
+
+def test_every_evaluator_gives_the_same_result_after_pickling():
+    """What a process pool sends each worker is a pickled copy: it must score an arch exactly as the original."""
+    import pickle
+
+    from core.evaluation import ContrastiveEvaluator, SupernetEvaluator, TabularEvaluator
+    from core.evaluation.train import TrainEvaluator
+    from core.spaces.compression import CompressionEvaluator, CompressionSpace
+    from core.spaces.mobile import digits_space
+    from tasks.classification.data import digits
+
+    data, space = digits(), digits_space()
+    compression = CompressionSpace()
+    evaluators = [
+        (TrainEvaluator(space, data, epochs=1, sample_ratio=0.2), space.default()),
+        (SupernetEvaluator(space, data, epochs=0, bn_batches=1), space.default()),
+        (ContrastiveEvaluator(space, data, epochs=1, sample_ratio=0.2), space.default()),
+        (TabularEvaluator(), TabularEvaluator().space.default()),
+        (CompressionEvaluator(compression, data, epochs=1, teacher_epochs=1, sample_ratio=0.2),
+         compression.default()),
+    ]
+    for evaluator, arch in evaluators:
+        getattr(evaluator, "prepare", lambda: None)()
+        copy = pickle.loads(pickle.dumps(evaluator))
+        original, copied = evaluator.evaluate(arch), copy.evaluate(arch)
+        assert original.ok and copied.metrics == original.metrics, type(evaluator).__name__
+        assert copy.fingerprint() == evaluator.fingerprint()
