@@ -122,6 +122,34 @@ def is_global_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+def all_ranks(obj: Any) -> list[Any]:
+    """`obj` of every process of a distributed run, in rank order (`[obj]` outside one): for validation
+    metrics that need the whole validation set (COCO mAP, 10-fold verification) rather than a mean."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def interleave_ranks(parts: list[torch.Tensor], length: int) -> torch.Tensor:
+    """The first `length` items in dataset order from the per-rank outputs of an unshuffled loader.
+
+    Lightning splits a validation loader with `DistributedSampler(shuffle=False)`: rank r of W gets
+    items r, r + W, r + 2W, ..., the last ones wrapped around to the start so every rank gets as many.
+    """
+    world = len(parts)
+    if world == 1:
+        return parts[0][:length]
+    n = max(len(p) for p in parts)
+    out = parts[0].new_zeros((n * world, *parts[0].shape[1:]))
+    for rank, part in enumerate(parts):
+        out[rank::world][:len(part)] = part
+    return out[:length]
+
+
 def make_trainer(train_cfg: dict[str, Any], run_dir: Path, progress: bool = True) -> L.Trainer:
     """A Trainer logging to TensorBoard in `run_dir/tb` and keeping the last checkpoint in `run_dir/checkpoints`."""
     from lightning.pytorch.callbacks import ModelCheckpoint
