@@ -35,7 +35,7 @@ from torch import nn
 
 from core.engine.registry import SPACES
 from core.space import Arch, Choice, ChoiceModule, SearchSpace, set_mixture
-from core.space.modules import choice_modules
+from core.space.modules import SPARSE_RELAXATIONS, choice_modules
 
 PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
               "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
@@ -448,11 +448,130 @@ class SearchCell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        fused = getattr(self, "fused", None)
         offset = 0
         for _ in range(self._steps):
-            states.append(sum(self._ops[offset + j](h) for j, h in enumerate(states)))
+            states.append(sum(self._edge(offset + j, h, fused) for j, h in enumerate(states)))
             offset += len(states) - 1
         return torch.cat(states[2:], dim=1)
+
+    def _edge(self, k: int, h: torch.Tensor, fused: list | None) -> torch.Tensor:
+        edge = self._ops[k]
+        if fused is not None and edge.mode == "mixture" and edge.relaxation not in SPARSE_RELAXATIONS:
+            return fused[k](h)
+        return edge(h)
+
+
+# ---------------------------------------------------------------------------
+# Fused edges: the candidates of an edge as a few grouped convolutions
+# ---------------------------------------------------------------------------
+
+_PAIRS = (("sep_conv_3x3", "sep_conv_5x5"), ("dil_conv_3x3", "dil_conv_5x5"))
+
+
+class _JointBatchNorm:
+    """Two BatchNorms of the same width run as one over the concatenated channels.
+
+    Their running statistics become views of one joint buffer, so a single
+    `F.batch_norm` updates both modules' buffers (state_dict keys and values
+    unchanged). When a module's buffers were replaced (the network moved to
+    another device), the joint buffer is rebuilt from their current values.
+    """
+
+    def __init__(self, bns: Sequence[nn.BatchNorm2d]):
+        if len({(b.num_features, b.eps, b.momentum, b.affine) for b in bns}) != 1 or bns[0].affine:
+            raise ValueError("only identical non-affine BatchNorms can be fused")
+        self.bns = list(bns)
+        self._build()
+
+    def _build(self) -> None:
+        self.mean = torch.cat([b.running_mean for b in self.bns])
+        self.var = torch.cat([b.running_var for b in self.bns])
+        self.count = torch.stack([b.num_batches_tracked for b in self.bns])
+        n = self.bns[0].num_features
+        for i, b in enumerate(self.bns):
+            b._buffers["running_mean"] = self.mean[i * n:(i + 1) * n]
+            b._buffers["running_var"] = self.var[i * n:(i + 1) * n]
+            b._buffers["num_batches_tracked"] = self.count[i]
+        self._views = [(b.running_mean, b.running_var, b.num_batches_tracked) for b in self.bns]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if any(b.running_mean is not v[0] or b.running_var is not v[1] or b.num_batches_tracked is not v[2]
+               for b, v in zip(self.bns, self._views)):
+            self._build()
+        bn = self.bns[0]
+        factor = 0.0
+        if bn.training:
+            self.count.add_(1)
+            factor = bn.momentum if bn.momentum is not None else 1.0 / float(self.count[0])
+        return F.batch_norm(x, self.mean, self.var, None, None, bn.training, factor, bn.eps)
+
+
+class _FusedPair:
+    """Two ReLU -> depthwise -> pointwise -> BN chains (SepConv has two such blocks, DilConv one) whose
+    kernel sizes differ (3 and 5): the 3x3 depthwise kernels are zero-padded to 5x5, so both ops run as
+    one depthwise conv over the input seen twice and one pointwise conv in two groups."""
+
+    def __init__(self, small: nn.Module, large: nn.Module):
+        self.small, self.large = small.op, large.op
+        blocks = 2 if isinstance(small, SepConv) else 1  # (depthwise, pointwise, BN) positions in `.op`
+        self.blocks = [(4 * b + 1, 4 * b + 2, 4 * b + 3) for b in range(blocks)]
+        self.bns = [_JointBatchNorm([self.small[bn], self.large[bn]]) for _, _, bn in self.blocks]
+
+    def __call__(self, doubled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`doubled`: ReLU(x) concatenated with itself along channels."""
+        h = doubled
+        for i, ((dw, pw, _), bn) in enumerate(zip(self.blocks, self.bns)):
+            if i:
+                h = F.relu(h)
+            a, b = self.small[dw], self.large[dw]
+            grow = (b.kernel_size[0] - a.kernel_size[0]) // 2
+            kernel = torch.cat([F.pad(a.weight, (grow,) * 4), b.weight])
+            h = F.conv2d(h, kernel, None, b.stride, b.padding, b.dilation, groups=kernel.shape[0])
+            h = F.conv2d(h, torch.cat([self.small[pw].weight, self.large[pw].weight]), groups=2)
+            h = bn(h)
+        return h.chunk(2, dim=1)
+
+
+class FusedMixture:
+    """The mixture output of one DARTS edge with fewer, larger kernels: one ReLU for every conv op, the
+    separable and the dilated pairs as grouped convs (`_FusedPair`), `none` skipped (it adds zero), and
+    the weighted sum of the candidates as one op. The edge's modules keep their parameters."""
+
+    def __init__(self, edge: ChoiceModule):
+        self.edge = edge
+        names = list(edge.choice.options)
+        modules = dict(zip(names, edge.candidates))
+        self.pairs = [(names.index(a), names.index(b), _FusedPair(modules[a], modules[b]))
+                      for a, b in _PAIRS if a in modules and b in modules]
+        paired = {i for i, j, _ in self.pairs} | {j for _, j, _ in self.pairs}
+        self.single = [i for i, n in enumerate(names) if i not in paired and n != "none"]
+        self.order = sorted(paired | set(self.single))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.edge.weights()
+        outs: dict[int, torch.Tensor] = {i: self.edge.candidates[i](x) for i in self.single}
+        if self.pairs:
+            doubled = F.relu(x).repeat(1, 2, 1, 1)
+            for i, j, pair in self.pairs:
+                outs[i], outs[j] = pair(doubled)
+        stacked = torch.stack([outs[i] for i in self.order])
+        w = weights[self.order].to(stacked.dtype)
+        return (stacked * w.view(-1, *([1] * (stacked.dim() - 1)))).sum(0)
+
+
+def fuse_edges(supernet: nn.Module) -> int:
+    """Run the mixture of every edge of the DARTS search cells in `supernet` as a `FusedMixture` (same
+    function and parameters, fewer kernel launches); returns the number of edges fused. Cells with
+    another op set (PocketNet's) are left as they are. Single-path mode and sparse relaxations keep
+    the plain `ChoiceModule` forward."""
+    count = 0
+    for cell in supernet.modules():
+        if isinstance(cell, SearchCell) and type(cell).op_factory is SearchCell.op_factory and \
+                all(set(e.choice.options) <= set(PRIMITIVES) for e in cell._ops):
+            cell.fused = [FusedMixture(edge) for edge in cell._ops]
+            count += len(cell.fused)
+    return count
 
 
 class SearchNetwork(nn.Module):
@@ -667,4 +786,5 @@ SPACES.register("darts", DartsSpace)
 __all__ = ["PRIMITIVES", "OPS", "Zero", "ReLUConvBN", "SepConv", "DilConv", "FactorizedReduce", "make_op",
            "drop_path", "Genotype", "DARTS_V1", "DARTS_V2", "DARTS", "GENOTYPES", "make_genotype", "parse_genotype",
            "to_genotype", "genotype_to_arch", "arch_to_genotype", "Cell", "AuxiliaryHeadCIFAR", "NetworkCIFAR",
-           "count_parameters", "SearchCell", "SearchNetwork", "derive_genotype", "DartsSpace"]
+           "count_parameters", "SearchCell", "SearchNetwork", "derive_genotype", "DartsSpace", "FusedMixture",
+           "fuse_edges"]

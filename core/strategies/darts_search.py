@@ -49,6 +49,27 @@ This is a gradient-based searcher, not ask/tell: `gradient_based = True`;
 the search tool calls `fit(None, data)` (a supernet is built from the space)
 and gets the derived `Arch`. `fit` checkpoints after each epoch when
 `checkpoint` is set, and resumes from it.
+
+Speed on a GPU. A DARTS step on the paper's supernet (C=16, 8 cells, batch
+64, 32 px) runs thousands of small kernels, so the GPU mostly waits for
+Python to launch them. The loop itself never waits for the host (batches
+gathered on the device, loss and accuracy summed there and read every
+`log_every` steps, the second-order step without host reads), and five levers,
+each off by default, cut the launch cost further (docs/scaling.md has their
+measured effect):
+
+- `fused_edges`: each edge runs its two separable convs as one grouped conv
+  chain and its two dilated convs as another (3x3 kernels zero-padded to
+  5x5), skips the `none` op (its output is 0), and sums the candidates in one
+  op (`core.spaces.darts.fuse_edges`); the same function, same weights;
+- `channels_last`: NHWC memory format for the supernet and its inputs;
+- `precision: bf16`: forward passes under bfloat16 autocast (weights,
+  gradients and optimiser states stay float32);
+- `compile`: `torch.compile` of the supernet (`true`, or a mode such as
+  `max-autotune-no-cudagraphs`, or a backend name);
+- `cuda_graphs`: the whole step (architecture step + weight step, optimisers
+  included) is captured once per epoch as a CUDA graph and replayed for every
+  full batch (softmax and Gumbel relaxations; CUDA only).
 """
 
 from __future__ import annotations
@@ -66,7 +87,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 import core.space.sparsestmax  # noqa: F401 - registers the sparsestmax and sparsemax relaxations
-from core.engine.data import DataSplits, cycle, split_indices
+from core.engine.data import DataSplits, DeviceBatches, cycle, split_indices
+from core.engine.meter import StepMeter
 from core.engine.registry import STRATEGIES
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.evaluation.train import classification_loss
@@ -77,6 +99,10 @@ from core.strategies.spos import _progress_enabled, build_supernet
 
 CHECKPOINT_FORMAT = "archforge-darts-1"
 RELAXATION_NAMES = ("softmax", "gumbel", "sparsestmax", "sparsemax")
+PRECISIONS = ("32", "bf16")
+GRAPH_RELAXATIONS = ("softmax", "gumbel")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 @STRATEGIES.register("darts")
@@ -92,7 +118,9 @@ class DartsSearcher:
                  arch_weight_decay: float = 1e-3, unrolled_eps: float = 0.01,
                  temperature: tuple[float, float] = (10.0, 0.1), hard: bool = False, end_fraction: float = 1.0,
                  steps_per_epoch: int | None = None, supernet: dict | None = None, checkpoint: str | None = None,
-                 progress: bool = False, device: str = "cpu"):
+                 progress: bool = False, device: str = "cpu", log_every: int = 50, fused_edges: bool = False,
+                 channels_last: bool = False, precision: str = "32", compile: bool | str = False,
+                 cuda_graphs: bool = False):
         if order not in (1, 2):
             raise ValueError(f"strategy.order: expected 1 (first order) or 2 (second order), got {order!r}")
         if relaxation not in RELAXATION_NAMES:
@@ -107,6 +135,16 @@ class DartsSearcher:
             raise ValueError(f"strategy.steps_per_epoch: expected an integer >= 1 or null, got {steps_per_epoch!r}")
         if len(temperature) != 2 or min(temperature) <= 0:
             raise ValueError(f"strategy.temperature: expected [start, end] > 0, got {temperature!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"strategy.precision: expected one of {PRECISIONS}, got {precision!r}")
+        if cuda_graphs and relaxation not in GRAPH_RELAXATIONS:
+            raise ValueError(f"strategy.cuda_graphs: needs a relaxation in {GRAPH_RELAXATIONS} (the sparse ones read "
+                             f"their weights on the host every step), got {relaxation!r}")
+        if cuda_graphs and torch.device(device).type != "cuda":
+            raise ValueError(f"strategy.cuda_graphs: needs device cuda, got {device!r}")
+        if compile is not False and compile is not True and compile not in COMPILE_MODES + COMPILE_BACKENDS:
+            raise ValueError(f"strategy.compile: expected true, false, a mode {COMPILE_MODES} or a backend "
+                             f"{COMPILE_BACKENDS}, got {compile!r}")
         self.space, self.seed, self.objective = space, seed, objective
         self.epochs, self.order, self.relaxation = epochs, order, relaxation
         self.batch_size, self.train_portion = batch_size, train_portion
@@ -118,10 +156,13 @@ class DartsSearcher:
         self.steps_per_epoch, self.supernet_kwargs = steps_per_epoch, dict(supernet or {})
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.progress, self.device = progress, torch.device(device)
+        self.log_every, self.fused_edges, self.channels_last = log_every, fused_edges, channels_last
+        self.precision, self.compile, self.cuda_graphs = precision, compile, cuda_graphs
         self.history: list[dict[str, Any]] = []
         self.supernet: nn.Module | None = None
         self.arch: Arch | None = None
         self.loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] = classification_loss
+        self._forward: nn.Module | None = None
 
     # -- relaxation -------------------------------------------------------------------------------
     def relax_kwargs(self, epoch: int, step: int, steps: int) -> dict[str, Any]:
@@ -158,7 +199,14 @@ class DartsSearcher:
 
     # -- the two gradients -------------------------------------------------------------------------
     def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(model(x), y)
+        return self.loss_fn(self._run(model, x), y)
+
+    def _run(self, model: nn.Module, x: torch.Tensor) -> Any:
+        """`model(x)` through the compiled supernet when `compile` is on, under bf16 autocast when asked."""
+        if model is self.supernet and self._forward is not None:
+            model = self._forward
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return model(x)
 
     def arch_gradients_first_order(self, model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor,
                                    alphas: list[nn.Parameter]) -> list[torch.Tensor]:
@@ -195,9 +243,8 @@ class DartsSearcher:
             d_alpha, vector = grads[:len(alphas)], grads[len(alphas):]
             # Hessian-vector product by central differences around w (architect._hessian_vector_product)
             norm = torch.sqrt(sum((v * v).sum() for v in vector))
-            if float(norm) == 0.0:
-                return d_alpha
-            r = self.unrolled_eps / float(norm)
+            # r = eps / ||v|| as a device scalar (no host read); a zero v gives a zero implicit term
+            r = self.unrolled_eps / norm.clamp_min(torch.finfo(norm.dtype).tiny)
             implicit = []
             for sign in (1.0, -1.0):
                 with torch.no_grad():
@@ -227,16 +274,14 @@ class DartsSearcher:
         if module is None:
             torch.manual_seed(self.seed)  # the same initial weights for the same seed
             module = build_supernet(self.space, data.num_classes, **self.supernet_kwargs)
-        model = module.to(self.device)
-        if not choice_modules(model):
-            raise ValueError(f"{type(model).__name__} has no ChoiceModule: nothing to search")
-        self.supernet = model
+        model = self.prepare(module)
         alphas = architecture_parameters(model)
         self._break_ties(alphas)
         alpha_ids = {id(a) for a in alphas}
         weights = [p for p in model.parameters() if id(p) not in alpha_ids and p.requires_grad]
         w_opt = torch.optim.SGD(weights, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        a_opt = torch.optim.Adam(alphas, lr=self.arch_lr, betas=self.arch_betas, weight_decay=self.arch_weight_decay)
+        a_opt = torch.optim.Adam(alphas, lr=self.arch_lr, betas=self.arch_betas, weight_decay=self.arch_weight_decay,
+                                 capturable=self.cuda_graphs)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.epochs, eta_min=self.lr_min)
         start_epoch, history, _ = resume_epoch_state(self.checkpoint, CHECKPOINT_FORMAT, self.space, "DARTS", self.epochs,
                                                   state_dict=model, w_opt=w_opt, a_opt=a_opt, scheduler=scheduler)
@@ -260,6 +305,28 @@ class DartsSearcher:
         self.arch = self.derive(model)
         return self.arch
 
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """Move the supernet to the device and switch on the levers asked for (fused edges, channels-last,
+        compile); returns the supernet (the compiled forward is kept aside, sharing its parameters)."""
+        model = module.to(self.device)
+        if not choice_modules(model):
+            raise ValueError(f"{type(model).__name__} has no ChoiceModule: nothing to search")
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.fused_edges:
+            from core.spaces.darts import fuse_edges
+
+            if not fuse_edges(model):
+                raise ValueError(f"strategy.fused_edges: {type(model).__name__} has no DARTS search cell whose "
+                                 "edges can be fused")
+        self.supernet = model
+        self._forward = None
+        if self.compile:
+            kind = "mode" if self.compile in COMPILE_MODES else "backend"
+            options = {} if self.compile is True else {kind: self.compile}
+            self._forward = torch.compile(model, **options)
+        return model
+
     def _break_ties(self, alphas: list[nn.Parameter]) -> None:
         """Logits with all entries equal (a supernet's zero init) restart at 1e-3 * N(0, 1), DARTS's
         `_initialize_alphas`; sparse relaxations have no gradient at exact ties (see core.space.sparsestmax)."""
@@ -269,50 +336,66 @@ class DartsSearcher:
                 if a.numel() > 1 and bool((a == a.reshape(-1)[0]).all()):
                     a.copy_(1e-3 * torch.randn(a.shape, generator=gen).to(a))
 
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+             alphas: list[nn.Parameter], weights: list[nn.Parameter], w_opt: torch.optim.Optimizer,
+             a_opt: torch.optim.Optimizer, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One search step (Alg. 1): the architecture step on a validation-half batch, then the weight step on
+        a training-half batch. Returns the training loss and logits, still on the device (no host read)."""
+        if self.order == 1:
+            grads = self.arch_gradients_first_order(model, x_val, y_val, alphas)
+        else:
+            grads = self.arch_gradients_second_order(model, x, y, x_val, y_val, alphas, weights, eta, w_opt)
+        for a, g in zip(alphas, grads):
+            a.grad = g.detach()
+        a_opt.step()
+        a_opt.zero_grad(set_to_none=True)
+        output = self._run(model, x)
+        loss = self.loss_fn(output, y)
+        w_opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=weights)
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(weights, self.grad_clip)
+        w_opt.step()
+        logits = output[0] if isinstance(output, tuple) else output
+        return loss.detach(), logits.detach()
+
     def _epoch(self, model, epoch, steps, train_half, val_half, alphas, weights, w_opt, a_opt, bar) -> dict:
         seed = self.seed * 1_000_003 + epoch
         torch.manual_seed(seed)
-        train_loader = DataLoader(train_half, batch_size=self.batch_size, shuffle=True,
-                                  generator=torch.Generator().manual_seed(seed))
-        val_batches = cycle(DataLoader(val_half, batch_size=self.batch_size, shuffle=True,
-                                        generator=torch.Generator().manual_seed(seed + 1)))
+        train_batches = DeviceBatches(train_half, self.batch_size, shuffle=True, device=self.device,
+                                      generator=torch.Generator().manual_seed(seed))
+        val_batches = cycle(DeviceBatches(val_half, self.batch_size, shuffle=True, device=self.device,
+                                          generator=torch.Generator().manual_seed(seed + 1)))
         model.train()
         started = time.perf_counter()
-        sums = {"train_loss": 0.0, "train_acc": 0.0, "val_loss": 0.0, "n_train": 0}
+        meter = StepMeter("DARTS training loss", self.log_every)
         eta = w_opt.param_groups[0]["lr"]
-        for step, (x, y) in enumerate(train_loader):
+        graph = None
+        for step, (x, y) in enumerate(train_batches):
             if step >= steps:
                 break
-            x, y = x.to(self.device), y.to(self.device)
-            x_val, y_val = (t.to(self.device) for t in next(val_batches))
+            x_val, y_val = next(val_batches)
+            if self.channels_last:
+                x, x_val = x.contiguous(memory_format=torch.channels_last), \
+                    x_val.contiguous(memory_format=torch.channels_last)
             set_mixture(model, self.relaxation, **self.relax_kwargs(epoch, step, steps))
-            # architecture step on the validation half
-            if self.order == 1:
-                grads = self.arch_gradients_first_order(model, x_val, y_val, alphas)
+            batch = (x, y, x_val, y_val)
+            full = len(y) == self.batch_size and len(y_val) == self.batch_size
+            if self.cuda_graphs and full and step >= _GRAPH_WARMUP:
+                if graph is None:  # the schedule's lr and temperature are fixed within an epoch: capture once
+                    graph = _GraphedStep(lambda *b: self.step(model, *b, alphas, weights, w_opt, a_opt, eta), batch)
+                loss, logits = graph(*batch)
+            elif self.cuda_graphs:
+                loss, logits = _on_side_stream(lambda: self.step(model, *batch, alphas, weights, w_opt, a_opt, eta))
             else:
-                grads = self.arch_gradients_second_order(model, x, y, x_val, y_val, alphas, weights, eta, w_opt)
-            for a, g in zip(alphas, grads):
-                a.grad = g.detach()
-            a_opt.step()
-            a_opt.zero_grad(set_to_none=True)
-            # weight step on the training half
-            output = model(x)
-            loss = self.loss_fn(output, y)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"DARTS training loss is {loss.item()} at epoch {epoch} step {step}")
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=weights)
-            if self.grad_clip:
-                nn.utils.clip_grad_norm_(weights, self.grad_clip)
-            w_opt.step()
-            logits = output[0] if isinstance(output, tuple) else output
-            sums["train_loss"] += loss.item() * len(y)
-            sums["train_acc"] += float((logits.argmax(1) == y).sum())
-            sums["n_train"] += len(y)
+                loss, logits = self.step(model, *batch, alphas, weights, w_opt, a_opt, eta)
+            meter.add(loss=loss * len(y), correct=(logits.argmax(1) == y).sum(), seen=len(y))
+            meter.step(f"of epoch {epoch}")
             bar.update(1)
-        n = max(sums["n_train"], 1)
+        sums = meter.totals(f"of epoch {epoch}")
+        n = max(sums.get("seen", 0), 1)
         arch = self.derive(model)
-        return {"epoch": epoch, "train_loss": sums["train_loss"] / n, "train_accuracy": sums["train_acc"] / n,
+        return {"epoch": epoch, "train_loss": sums.get("loss", 0.0) / n, "train_accuracy": sums.get("correct", 0.0) / n,
                 "lr": eta, "seconds": time.perf_counter() - started, "arch": arch.to_dict()}
 
     # -- derivation -----------------------------------------------------------------------------------
@@ -338,6 +421,39 @@ class DartsSearcher:
             if m.name not in seen:
                 seen[m.name] = [float(v) for v in self.weights(m.logits.detach().float().cpu())]
         return seen
+
+
+#: eager steps at the start of each epoch before the step is captured (they also create the optimiser states)
+_GRAPH_WARMUP = 2
+
+
+def _on_side_stream(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on a side CUDA stream, as eager steps before a graph capture must (torch.cuda.graphs docs)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn()
+    torch.cuda.current_stream().wait_stream(side)
+    return out
+
+
+class _GraphedStep:
+    """A step captured as a CUDA graph: the batch is copied into static inputs and the graph replayed.
+
+    Capturing records the kernels without running them, so the parameters, buffers and optimiser
+    states are those the eager steps before it left, and every replay is one real step."""
+
+    def __init__(self, step: Callable[..., tuple[torch.Tensor, torch.Tensor]], example: tuple[torch.Tensor, ...]):
+        self.inputs = tuple(t.clone() for t in example)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = step(*self.inputs)
+
+    def __call__(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for static, value in zip(self.inputs, batch):
+            static.copy_(value)
+        self.graph.replay()
+        return tuple(t.clone() for t in self.outputs)
 
 
 def darts_derive(space, supernet: nn.Module, weights_fn: Callable[[torch.Tensor], torch.Tensor]) -> Arch:

@@ -26,6 +26,11 @@ the embedded datasets; set `lr`, `batch_size` and `epochs` per config.
 Training checkpoints atomically after every epoch and resumes from the last
 completed one (`checkpoint=` path): paths, shuffling and dropout are seeded
 per epoch, so a resumed run gives the same supernet as an uninterrupted one.
+
+On a GPU the loop never waits for the host: batches of an in-memory dataset
+are gathered on the device (`core.engine.data.DeviceBatches`), and the loss
+and accuracy are summed on the device and read once per `log_every` steps
+(`core.engine.meter.StepMeter`; a NaN loss stops training at that read).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, DeviceBatches
+from core.engine.meter import StepMeter
 from core.engine.runs import load_checkpoint, save_checkpoint
 from core.space import Arch, SearchSpace, activate
 
@@ -91,7 +97,8 @@ class SPOSTrainer:
                  schedule: str = "linear", label_smoothing: float = 0.1, grad_clip: float | None = 5.0,
                  steps_per_epoch: int | None = None, supernet_kwargs: dict | None = None, seed: int = 0,
                  checkpoint: str | None = None, resume: bool = True, progress: bool = False, device: str = "cpu",
-                 loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None):
+                 loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None, log_every: int = 50,
+                 num_workers: int = 0):
         if epochs < 0:
             raise ValueError(f"spos.epochs: expected an integer >= 0, got {epochs!r}")
         if schedule not in ("linear", "cosine", "constant"):
@@ -107,6 +114,7 @@ class SPOSTrainer:
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.resume, self.progress, self.device = resume, progress, torch.device(device)
         self.loss_fn = loss_fn or (lambda out, y: smoothed_cross_entropy(out, y, self.label_smoothing))
+        self.log_every, self.num_workers = log_every, num_workers
         self.history: list[dict[str, float]] = []
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -177,32 +185,31 @@ class SPOSTrainer:
         epoch_seed = self.seed * 1_000_003 + epoch
         rng = random.Random(epoch_seed)
         torch.manual_seed(epoch_seed)
-        loader = DataLoader(self.data.train, batch_size=self.batch_size, shuffle=True, drop_last=False,
-                            generator=torch.Generator().manual_seed(epoch_seed))
+        batches = DeviceBatches(self.data.train, self.batch_size, shuffle=True, device=self.device,
+                                generator=torch.Generator().manual_seed(epoch_seed), num_workers=self.num_workers)
         supernet.train()
-        started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        for step, (x, y) in enumerate(loader):
+        meter = StepMeter("SPOS supernet loss", self.log_every)
+        started = time.perf_counter()
+        for step, (x, y) in enumerate(batches):
             if step >= steps:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = self.lr * self._lr_factor(epoch * steps + step, total)
             activate(supernet, supernet_path(self.space, self.space.sample(rng)))
-            x, y = x.to(self.device), y.to(self.device)
             output = supernet(x)
             loss = self.loss_fn(output, y)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"SPOS supernet loss is {loss.item()} at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(supernet.parameters(), self.grad_clip)
             optimizer.step()
             logits = output[0] if isinstance(output, tuple) else output
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            meter.add(loss=loss * len(y), correct=(logits.argmax(1) == y).sum(), seen=len(y))
+            meter.step(f"of epoch {epoch}")
             bar.update(1)
-        return {"epoch": float(epoch), "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+        sums = meter.totals(f"of epoch {epoch}")
+        seen = max(sums.get("seen", 0), 1)
+        return {"epoch": float(epoch), "loss": sums.get("loss", 0.0) / seen, "accuracy": sums.get("correct", 0.0) / seen,
                 "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - started}
 
 
