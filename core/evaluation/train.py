@@ -8,23 +8,25 @@ Our defaults are tiny because the embedded data is tiny; set them per config.
 
 The proxy loop is a plain PyTorch loop: a Lightning Trainer per candidate
 costs more than training a candidate on the embedded data. Final training of
-the chosen arch goes through Lightning (`core.engine.lightning`).
+the chosen arch goes through Lightning (`core.engine.lightning`). `device`
+("cuda" on a GPU worker: the GPU the executor pinned for it) runs the proxy
+training and scoring there.
 Params and MACs are always those of the full-size network at the data's
 input shape, whatever the proxy.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, DeviceBatches
+from core.engine.meter import StepMeter
 from core.engine.registry import EVALUATORS
 from core.evaluation.base import Evaluator
 from core.evaluation.costs import CostMetrics
@@ -52,19 +54,23 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
 
 
 @torch.no_grad()
-def evaluate_classifier(model: nn.Module, loader: DataLoader, resize: int | None = None) -> dict[str, float]:
-    """Top-1, top-5 (as fractions) and mean cross-entropy of `model` over `loader`."""
+def evaluate_classifier(model: nn.Module, loader, resize: int | None = None) -> dict[str, float]:
+    """Top-1, top-5 (as fractions) and mean cross-entropy of `model` over `loader` (batches moved to the
+    model's device; the sums stay there until the end, one host read in all)."""
     model.eval()
-    n, loss, correct = 0, 0.0, {1: 0, 5: 0}
+    device = next(model.parameters()).device
+    n, sums = 0, torch.zeros(3, dtype=torch.float64, device=device)
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if resize:
             x = F.interpolate(x, size=resize, mode="bilinear", align_corners=False)
         logits = model(x)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        for k, v in topk_correct(logits, y).items():
-            correct[k] += v
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, :1].any(1).sum().double(),
+                             hits.any(1).sum().double()])
         n += len(y)
-    return {"accuracy": correct[1] / max(n, 1), "top5": correct[5] / max(n, 1), "loss": loss / max(n, 1)}
+    loss, top1, top5 = sums.tolist()
+    return {"accuracy": top1 / max(n, 1), "top5": top5 / max(n, 1), "loss": loss / max(n, 1)}
 
 
 @EVALUATORS.register("train")
@@ -72,7 +78,7 @@ class TrainEvaluator(Evaluator):
     def __init__(self, space: SearchSpace, data: DataSplits, epochs: int = 3, batch_size: int = 64, lr: float = 0.05,
                  momentum: float = 0.9, weight_decay: float = 4e-5, channel_divisor: int = 1,
                  resolution_divisor: int = 1, sample_ratio: float = 1.0, seed: int = 0, threads: int | None = 1,
-                 latency: str = "none", latency_table: str | None = None):
+                 latency: str = "none", latency_table: str | None = None, device: str = "cpu"):
         if not 0 < sample_ratio <= 1:
             raise ValueError(f"evaluator.sample_ratio must be in (0, 1], got {sample_ratio}")
         if channel_divisor < 1 or resolution_divisor < 1:
@@ -82,6 +88,7 @@ class TrainEvaluator(Evaluator):
         self.momentum, self.weight_decay = momentum, weight_decay
         self.channel_divisor, self.resolution_divisor = channel_divisor, resolution_divisor
         self.sample_ratio, self.seed, self.threads = sample_ratio, seed, threads
+        self.device = torch.device(device)
         self._train = self._subset(data.train)
         self.costs = CostMetrics(space, data.input_shape, data.num_classes, latency, latency_table)
 
@@ -120,9 +127,9 @@ class TrainEvaluator(Evaluator):
         try:
             torch.manual_seed(self.seed)
             model = self.space.build(arch, num_classes=self.data.num_classes, channel_divisor=self.channel_divisor)
+            model = model.to(self.device)
             self._fit(model)
-            val = DataLoader(self.data.val, batch_size=256)
-            scores = evaluate_classifier(model, val, self._resize())
+            scores = evaluate_classifier(model, DeviceBatches(self.data.val, 256, device=self.device), self._resize())
         except NaNLoss as err:
             return Result.failed(str(err), time.perf_counter() - start, **metrics)
         finally:
@@ -132,22 +139,24 @@ class TrainEvaluator(Evaluator):
 
     def _fit(self, model: nn.Module) -> None:
         g = torch.Generator().manual_seed(self.seed)
-        loader = DataLoader(self._train, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=False)
+        loader = DeviceBatches(self._train, self.batch_size, shuffle=True, generator=g, device=self.device)
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
                               weight_decay=self.weight_decay, nesterov=self.momentum > 0)
         steps = max(1, self.epochs * len(loader))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         resize = self._resize()
         model.train()
+        meter = StepMeter("loss", every=20, error=NaNLoss)  # a diverged candidate fails at most 20 steps late
         for epoch in range(self.epochs):
-            for step, (x, y) in enumerate(loader):
+            for x, y in loader:
                 if resize:
                     x = F.interpolate(x, size=resize, mode="bilinear", align_corners=False)
                 loss = classification_loss(model(x), y)
-                if not math.isfinite(loss.item()):
-                    raise NaNLoss(f"loss is {loss.item()} at epoch {epoch} step {step}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
                 sched.step()
+                meter.add(loss=loss)
+                meter.step(f"of epoch {epoch}")
+        meter.check("at the end of training")

@@ -83,7 +83,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 import core.space.sparsestmax  # noqa: F401 - registers the sparsestmax and sparsemax relaxations

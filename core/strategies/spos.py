@@ -47,7 +47,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from core.engine.data import DataSplits, DeviceBatches

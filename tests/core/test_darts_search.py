@@ -152,3 +152,70 @@ def test_registered_as_gradient_based_strategy(tmp_path, data):
         DartsSearcher(space, order=3)
     with pytest.raises(ValueError, match="relaxation"):
         DartsSearcher(space, relaxation="sigmoid")
+
+
+# -- speed levers: each must leave the search what it was ------------------------------------------------------
+def test_fused_edges_compute_what_the_plain_edges_compute():
+    import copy
+
+    from core.spaces.darts import fuse_edges
+
+    torch.manual_seed(0)
+    plain = DartsSpace(C=4, layers=3).supernet(C=4, layers=3)
+    fused = copy.deepcopy(plain)
+    assert fuse_edges(fused) == 3 * 14
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    runs = []
+    for model in (plain, fused):
+        model.train()
+        out = model(x)
+        F.cross_entropy(out, y).backward()
+        runs.append((out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+                     model.state_dict()))
+    (out_p, grad_p, state_p), (out_f, grad_f, state_f) = runs
+    assert torch.allclose(out_p, out_f, atol=1e-5)
+    assert grad_p.keys() == grad_f.keys() and all(torch.allclose(grad_p[k], grad_f[k], atol=1e-5) for k in grad_p)
+    # the BatchNorms' running statistics are updated in the modules' own buffers, under the same keys
+    assert state_p.keys() == state_f.keys() and all(torch.allclose(state_p[k].float(), state_f[k].float(), atol=1e-6)
+                                                    for k in state_p)
+    # buffers replaced (the network moved): the fused edges rebuild their joint buffers and keep updating the modules
+    fused.to(torch.float64).to(torch.float32)
+    before = {k: v.clone() for k, v in fused.state_dict().items() if "running_mean" in k}
+    fused(x)
+    assert all(not torch.equal(before[k], v) for k, v in fused.state_dict().items() if k in before and "_ops" in k)
+
+
+@pytest.mark.parametrize("lever, tolerance", [({"fused_edges": True}, 1e-5), ({"channels_last": True}, 1e-5),
+                                              ({"precision": "bf16"}, 2e-2), ({"order": 2, "fused_edges": True}, 1e-4)])
+def test_speed_levers_leave_the_search_as_it_was(data, lever, tolerance):
+    space = DartsSpace(C=4, layers=3, in_channels=1, num_classes=10)
+    settings = dict(epochs=1, steps_per_epoch=3 - lever.get("order", 1), batch_size=16, arch_lr=0.05,
+                    supernet={"C": 4, "layers": 3}, order=lever.get("order", 1))
+    plain, fast = DartsSearcher(space, **settings), DartsSearcher(space, **{**settings, **lever})
+    arch_plain, arch_fast = plain.fit(None, data), fast.fit(None, data)
+    assert abs(plain.history[-1]["train_loss"] - fast.history[-1]["train_loss"]) < tolerance
+    if tolerance < 1e-3:  # exact levers: the same architecture logits and derived arch
+        pairs = zip(architecture_parameters(plain.supernet), architecture_parameters(fast.supernet))
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in pairs)
+        assert arch_plain == arch_fast
+
+
+@pytest.mark.slow
+def test_a_compiled_supernet_searches_as_the_eager_one(data):
+    space = DartsSpace(C=2, layers=3, in_channels=1, num_classes=10, steps=2)
+    settings = dict(epochs=1, steps_per_epoch=2, batch_size=16, supernet={"C": 2, "layers": 3}, arch_lr=0.05)
+    eager, compiled = DartsSearcher(space, **settings), DartsSearcher(space, compile="aot_eager", **settings)
+    assert eager.fit(None, data) == compiled.fit(None, data)
+    assert abs(eager.history[-1]["train_loss"] - compiled.history[-1]["train_loss"]) < 1e-5
+
+
+def test_speed_lever_settings_are_checked():
+    space = DartsSpace(C=4, layers=3, in_channels=1, num_classes=10)
+    with pytest.raises(ValueError, match="strategy.cuda_graphs: needs device cuda"):
+        DartsSearcher(space, cuda_graphs=True)
+    with pytest.raises(ValueError, match="strategy.cuda_graphs: needs a relaxation"):
+        DartsSearcher(space, cuda_graphs=True, relaxation="sparsestmax", device="cuda")
+    with pytest.raises(ValueError, match="strategy.precision"):
+        DartsSearcher(space, precision="fp8")
+    with pytest.raises(ValueError, match="strategy.compile"):
+        DartsSearcher(space, compile="turbo")
