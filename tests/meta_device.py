@@ -9,12 +9,16 @@ raises, naming the op (0-d CPU tensors are scalars, allowed on CUDA too;
 copies and indexing across devices are allowed, as on CUDA).
 
 Meta tensors hold no values, so reading one on the host (`.item()`, `float`,
-`.cpu()`) returns a placeholder instead (0.5, 1, False, zeros) and the run
-goes on; data-dependent shapes (`nonzero`, `torchvision.ops.nms`) keep every
-element. The results are meaningless: only the device placement is checked.
+`.cpu()`) returns a placeholder instead and the run goes on: 0.5 for floats,
+1 for integers, True for a truth value (False for the result of `any`: such
+checks look for trouble), and ones for copies to the host (masks keep
+everything, weights select something). Data-dependent shapes (`nonzero`, `torchvision.ops.nms`)
+keep every element. Results are meaningless: only device placement is checked.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -30,6 +34,7 @@ class OnMeta(TorchDispatchMode):
         super().__init__()
         self.ops = 0          # ops that ran on meta tensors
         self.host_reads = 0   # values read back to the host (placeholders returned)
+        self._any: dict[int, weakref.ref] = {}  # results of `any` (their truth value reads False), by id
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -44,13 +49,19 @@ class OnMeta(TorchDispatchMode):
         if func is aten._local_scalar_dense.default:
             self.host_reads += 1
             t = args[0]
-            return False if t.dtype == torch.bool else 0.5 if t.is_floating_point() else 1
+            if t.dtype == torch.bool:
+                ref = self._any.get(id(t))
+                return not (ref is not None and ref() is t)
+            return 0.5 if t.is_floating_point() else 1
         if func is aten._to_copy.default and kwargs.get("device") is not None \
                 and torch.device(kwargs["device"]).type == "cpu":
             self.host_reads += 1
-            return torch.zeros(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
+            return torch.ones(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
         if func is aten.nonzero.default:
             return torch.empty((args[0].numel(), args[0].dim()), dtype=torch.long, device="meta")
         if str(func) == "torchvision.nms.default":
             return torch.empty((args[0].shape[0],), dtype=torch.long, device="meta")
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if func.overloadpacket is aten.any and isinstance(out, torch.Tensor):
+            self._any[id(out)] = weakref.ref(out)
+        return out

@@ -48,7 +48,7 @@ class StepMeter:
             self.check(where)
 
     def check(self, where: str = "") -> None:
-        bad = [name for name, flag in self._last.items() if bool(flag)]
+        bad = [name for name, flag in self._last.items() if bool(flag.any())]
         if bad:
             first, last = self._checked + 1, self.steps
             span = f"step {last}" if first == last else f"steps {first}-{last}"

@@ -205,7 +205,9 @@ class DartsSearcher:
         """`model(x)` through the compiled supernet when `compile` is on, under bf16 autocast when asked."""
         if model is self.supernet and self._forward is not None:
             model = self._forward
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        if self.precision != "bf16" or not torch.amp.is_autocast_available(x.device.type):
+            return model(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return model(x)
 
     def arch_gradients_first_order(self, model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor,

@@ -68,6 +68,7 @@ from tqdm.auto import tqdm
 
 from core.distill.teachers import StagedTeacher, load_teacher
 from core.engine.data import DataSplits
+from core.engine.meter import StepMeter
 from core.engine.registry import STRATEGIES, ConfigError
 from core.engine.runs import load_checkpoint, save_checkpoint
 from core.objective import Constraint, Objective
@@ -245,7 +246,7 @@ class DNASearch:
                  score_batches: int = 20, recalib_batches: int = 1, metric: str = "cl_loss",
                  constraint: str | None = None, input_size: int | None = None, fixed_blocks: list = (),
                  traversal: str = "exact", max_paths: int | None = None, checkpoint: str | None = None,
-                 device: str = "cpu", progress: bool = False):
+                 device: str = "cpu", progress: bool = False, log_every: int = 50):
         for needed in ("blockwise_supernet", "block_choices", "cost_table", "arch_from_paths"):
             if not hasattr(space, needed):
                 raise ConfigError(f"strategy.name: dna needs a blockwise space such as 'dna' or 'dna_digits'; "
@@ -275,7 +276,7 @@ class DNASearch:
         self.constraint = self._constraint(constraint, objective)
         self.input_size, self.traversal, self.max_paths = input_size, traversal, max_paths
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.device, self.progress = torch.device(device), progress
+        self.device, self.progress, self.log_every = torch.device(device), progress, log_every
         self.history: dict[int, list[float]] = {}
         self.scores: dict[int, list[PathScore]] = {}
         self.result: dict[str, Any] | None = None
@@ -366,28 +367,27 @@ class DNASearch:
         bar = tqdm(total=self.epochs_per_block * steps, desc=f"DNA block {i}", unit="step",
                    disable=not _progress_enabled(self.progress), dynamic_ncols=True)
         losses = []
-        for _ in range(self.epochs_per_block):
+        for epoch in range(self.epochs_per_block):
             block.train()
-            total, count = 0.0, 0
+            meter = StepMeter(f"DNA block {i} loss", self.log_every)  # summed on the device, read every log_every
             for step, (x, *_) in enumerate(loader):
                 if step >= steps:
                     break
-                x = x.to(self.device)
+                x = x.to(self.device, non_blocking=True)
                 feats = teacher(x, upto=i)
                 guide, target = (x if i == 0 else feats[i - 1]), feats[i]
                 activate(block, self.space.block_arch(i, [rng.randrange(k) for k in n_ops]))
                 loss = F.mse_loss(block(guide), target)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"DNA block {i}: loss is {float(loss)}; lower strategy.lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) * len(x)
-                count += len(x)
+                meter.add(loss=loss * len(x), count=len(x))
+                meter.step(f"of epoch {epoch}; lower strategy.lr")
                 bar.update(1)
-                bar.set_postfix(mse=f"{total / count:.4g}", refresh=False)
+            sums = meter.totals(f"of epoch {epoch}; lower strategy.lr")
             sched.step()
-            losses.append(total / max(count, 1))
+            losses.append(sums.get("loss", 0.0) / max(sums.get("count", 0), 1))
+            bar.set_postfix(mse=f"{losses[-1]:.4g}", refresh=False)
         bar.close()
         return losses
 
@@ -413,7 +413,7 @@ class DNASearch:
             bns = _path_batchnorms(block, path)
             _recalibrate(block, bns, [t[i - 1] if i > 0 else x for x, t in recal])
             states.append(_bn_state(bns))
-        sums = torch.zeros(len(paths), 3, dtype=torch.float64)
+        sums = torch.zeros(len(paths), 3, dtype=torch.float64, device=self.device)  # read once, at the end
         seen = 0
         block.eval()
         bar = tqdm(total=self.score_batches * len(paths), desc=f"DNA rank block {i}", unit="path",
@@ -431,15 +431,13 @@ class DNASearch:
                 out = block(guide)
                 abs_div = (out - target).abs().mean()
                 mse = F.mse_loss(out, target)
-                sums[k, 0] += float(abs_div / (std + 1e-9)) * len(x)
-                sums[k, 1] += float(mse) * len(x)
-                sums[k, 2] += float(mse / (var + 1e-9)) * len(x)
+                sums[k] += torch.stack([abs_div / (std + 1e-9), mse, mse / (var + 1e-9)]).double() * len(x)
                 bar.update(1)
             seen += len(x)
         bar.close()
         if seen == 0:
             raise ValueError("DNA ranking: the score loader gave no batch")
-        means = (sums / seen).tolist()
+        means = (sums / seen).cpu().tolist()
         names = self.space.block_choices(i)
         scores = []
         for path, (cl, mse, rela) in zip(paths, means):

@@ -242,6 +242,7 @@ class HitDetSearcher:
                 raise ConfigError(f"strategy.screening.{reserved}: set by the searcher, not in the config")
         kwargs.setdefault("seed", self.seed)
         kwargs.setdefault("progress", _progress_enabled(self.progress))
+        kwargs.setdefault("device", str(self.device))
         result = screen_detector(self.space, data, **kwargs)
         self.screened = result["candidates"]
         self.screening_report = {c: {"kept": d["kept"], "removed": d["removed"], "seconds": d["seconds"]}
