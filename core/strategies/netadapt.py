@@ -74,7 +74,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from core.cost import LatencyTable, count_macs, count_params
-from core.engine.data import DataSplits
+from core.engine.data import DataSplits, DeviceBatches
+from core.engine.meter import StepMeter
 from core.engine.registry import STRATEGIES
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.evaluation.supernet import recalibrate_bn
@@ -106,7 +107,7 @@ class OrderedDropoutTrainer:
                  lr: float = 0.2, momentum: float = 0.9, weight_decay: float = 4e-5,
                  label_smoothing: float = 0.0, grad_clip: float | None = 5.0, per_image: bool = True,
                  steps_per_epoch: int | None = None, seed: int = 0, checkpoint: str | None = None,
-                 progress: bool = False, device: str = "cpu"):
+                 progress: bool = False, device: str = "cpu", log_every: int = 50):
         if epochs < 0:
             raise ValueError(f"strategy.epochs: expected an integer >= 0, got {epochs!r}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
@@ -118,7 +119,7 @@ class OrderedDropoutTrainer:
         self.label_smoothing, self.grad_clip, self.per_image = label_smoothing, grad_clip, per_image
         self.steps_per_epoch, self.seed = steps_per_epoch, seed
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.progress, self.device = progress, torch.device(device)
+        self.progress, self.device, self.log_every = progress, torch.device(device), log_every
         self.history: list[dict[str, float]] = []
 
     def _steps(self) -> int:
@@ -154,31 +155,29 @@ class OrderedDropoutTrainer:
     def _epoch(self, supernet, optimizer, scheduler, epoch, steps, bar) -> dict[str, float]:
         seed = self.seed * 1_000_003 + epoch
         generator = torch.Generator().manual_seed(seed)
-        loader = DataLoader(self.data.train, batch_size=self.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed + 1))
+        loader = DeviceBatches(self.data.train, self.batch_size, shuffle=True, device=self.device,
+                               generator=torch.Generator().manual_seed(seed + 1))
         supernet.train()
-        started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        started = time.perf_counter()
+        meter = StepMeter("NetAdaptV2 super-network loss", self.log_every)
         for step, (x, y) in enumerate(loader):
             if step >= steps:
                 break
-            x, y = x.to(self.device), y.to(self.device)
             supernet.sample(len(y), generator, self.per_image, self.device)
             logits = supernet(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"NetAdaptV2 super-network loss is {loss.item()} at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(supernet.parameters(), self.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            meter.add(loss=loss * len(y), correct=(logits.argmax(1) == y).sum(), seen=len(y))
+            meter.step(f"of epoch {epoch}")
             bar.update(1)
-        n = max(seen, 1)
-        return {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
+        sums = meter.totals(f"of epoch {epoch}")
+        n = max(sums.get("seen", 0), 1)
+        return {"epoch": epoch, "train_loss": sums.get("loss", 0.0) / n, "train_accuracy": sums.get("correct", 0.0) / n,
                 "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
 
 

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from core.cost import count_macs
 from core.engine.data import DataSplits, cycle, split_indices
+from core.engine.meter import StepMeter
 from core.engine.registry import STRATEGIES, ConfigError
 from core.engine.runs import load_checkpoint, resume_epoch_state, save_epoch_state
 from core.objective import Objective
@@ -122,7 +123,7 @@ class HitDetSearcher:
                  arch_lr: float = 4e-4, arch_betas: tuple[float, float] = (0.5, 0.999), arch_weight_decay: float = 0.0,
                  arch_start_epoch: int | None = None, flops_lambda: float = 0.01, cost_normalize: bool = True,
                  screening: dict | None = None, checkpoint: str | None = None, progress: bool = False,
-                 device: str = "cpu"):
+                 device: str = "cpu", log_every: int = 50):
         if not isinstance(space, HitDetectorSpace):
             raise ConfigError(f"strategy: hitdet searches a hitdet space, got {type(space).__name__}")
         if not 0 < train_portion < 1:
@@ -147,7 +148,7 @@ class HitDetSearcher:
         self.flops_lambda, self.cost_normalize = flops_lambda, cost_normalize
         self.screening = dict(screening) if screening else None
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.progress, self.device = progress, torch.device(device)
+        self.progress, self.device, self.log_every = progress, torch.device(device), log_every
         self.history: list[dict[str, Any]] = []
         self.screened: dict[str, list[str]] | None = None
         self.supernet: nn.Module | None = None
@@ -257,7 +258,7 @@ class HitDetSearcher:
                                         generator=torch.Generator().manual_seed(seed + 1)))
         model.train()
         started = time.perf_counter()
-        sums = {"loss": 0.0, "arch_loss": 0.0, "cost": 0.0}
+        meter = StepMeter("Hit-Detector search loss", self.log_every)
         search_arch = epoch >= self.arch_start_epoch
         for step in range(steps):
             if search_arch:  # architecture step on the other half: L_det + lambda * (C_b + C_n + C_h)
@@ -270,23 +271,22 @@ class HitDetSearcher:
                 for a, g in zip(alphas, grads):
                     a.grad = torch.zeros_like(a) if g is None else g
                 a_opt.step()
-                sums["arch_loss"] += float(arch_loss.detach())
-                sums["cost"] += float(cost.detach())
+                meter.add(arch_loss=arch_loss, cost=cost)
             images, targets = next(train_batches)
             loss, _ = detection_loss(model, [i.to(self.device) for i in images], _to(targets, self.device))
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"Hit-Detector search loss is {loss.item()} at epoch {epoch} step {step}")
             w_opt.zero_grad(set_to_none=True)
             loss.backward(inputs=weights)
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(weights, self.grad_clip)
             w_opt.step()
             scheduler.step()
-            sums["loss"] += float(loss.detach())
+            meter.add(loss=loss)
+            meter.step(f"of epoch {epoch}")
             bar.update(1)
+        sums = meter.totals(f"of epoch {epoch}")
         n = max(steps, 1)
-        return {"epoch": epoch, "train_loss": sums["loss"] / n, "arch_loss": sums["arch_loss"] / n,
-                "cost": sums["cost"] / n, "lr": w_opt.param_groups[0]["lr"],
+        return {"epoch": epoch, "train_loss": sums.get("loss", 0.0) / n, "arch_loss": sums.get("arch_loss", 0.0) / n,
+                "cost": sums.get("cost", 0.0) / n, "lr": w_opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started, "arch": self.derive(model).to_dict()}
 
     # -- derivation -----------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from core.engine.data import DataSplits, cycle, split_indices
+from core.engine.meter import StepMeter
 from core.engine.registry import STRATEGIES, ConfigError
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.objective import Objective
@@ -125,7 +126,7 @@ class TrilevelSearcher:
                  order_weight: float = 1e-5, order_mode: str = "telescoping", sandwich: bool = True,
                  warmup_epochs: int = 0, teacher: dict | None = None, teacher_weight: float = 1.0,
                  hr_weight: float = 1.0, out_hw: list | None = None, checkpoint: str | None = None,
-                 progress: bool = False, device: str = "cpu"):
+                 progress: bool = False, device: str = "cpu", log_every: int = 50):
         if relaxation not in RELAXATIONS:
             raise ConfigError(f"strategy.relaxation: expected one of {', '.join(RELAXATIONS)}, got {relaxation!r}")
         if epochs < 1:
@@ -166,7 +167,7 @@ class TrilevelSearcher:
         self.teacher_spec, self.teacher_weight, self.hr_weight = teacher, teacher_weight, hr_weight
         self.out_hw = tuple(out_hw or getattr(space, "cost_output", (720, 1280)))
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.progress, self.device = progress, torch.device(device)
+        self.progress, self.device, self.log_every = progress, torch.device(device), log_every
         self.history: list[dict[str, Any]] = []
         self.supernet: TrilevelSupernet | None = None
         self.teacher: nn.Module | None = None
@@ -281,8 +282,8 @@ class TrilevelSearcher:
         warmup = epoch < self.warmup_epochs
         model.train()
         started = time.perf_counter()
-        sums = {"train_loss": 0.0, "arch_fidelity": 0.0, "n": 0, "n_arch": 0}
-        expected = float("nan")
+        meter = StepMeter("trilevel search loss", self.log_every)
+        expected = None
         for step, (lr, hr) in enumerate(train_loader):
             if step >= steps:
                 break
@@ -297,25 +298,24 @@ class TrilevelSearcher:
                     a.grad = None if g is None else g.detach()
                 a_opt.step()
                 a_opt.zero_grad(set_to_none=True)
-                sums["arch_fidelity"] += float(terms["fidelity"].detach()) * len(lr_v)
-                sums["n_arch"] += len(lr_v)
-                expected = float(terms["macs"].detach())
+                meter.add(arch_fidelity=terms["fidelity"] * len(lr_v), n_arch=len(lr_v))
+                expected = terms["macs"].detach()
             loss = self.weight_loss(model, lr, hr, warmup)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"trilevel search loss is {loss.item()} at epoch {epoch} step {step}")
             w_opt.zero_grad(set_to_none=True)
             loss.backward(inputs=weights)
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(weights, self.grad_clip)
             w_opt.step()
-            sums["train_loss"] += loss.item() * len(lr)
-            sums["n"] += len(lr)
+            meter.add(loss=loss * len(lr), n=len(lr))
+            meter.step(f"of epoch {epoch}")
             bar.update(1)
-        if math.isnan(expected):
+        sums = meter.totals(f"of epoch {epoch}")
+        if expected is None:
             with torch.no_grad():
-                expected = float(model.expected_macs(self.out_hw))
-        return {"epoch": epoch, "warmup": warmup, "train_loss": sums["train_loss"] / max(sums["n"], 1),
-                "arch_l1": sums["arch_fidelity"] / max(sums["n_arch"], 1) if sums["n_arch"] else None,
+                expected = model.expected_macs(self.out_hw)
+        expected = float(expected)
+        return {"epoch": epoch, "warmup": warmup, "train_loss": sums.get("loss", 0.0) / max(sums.get("n", 0), 1),
+                "arch_l1": sums["arch_fidelity"] / max(sums["n_arch"], 1) if sums.get("n_arch") else None,
                 "expected_macs": expected, "macs_weight": self.macs_weight, "progress": (epoch + 1) / self.epochs,
                 "lr": w_opt.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
                 "arch": self.derive(model).to_dict()}
