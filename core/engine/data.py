@@ -71,6 +71,22 @@ def _tensor_source(dataset: Dataset):
 
 #: a tensor dataset up to this size is copied to the GPU once; larger ones travel batch by batch
 DEVICE_DATA_BYTES = 2 << 30
+_DEVICE_COPIES: dict = {}   # (id of a host tensor, device) -> (weak reference to it, its copy on the device)
+
+
+def _on_device(tensor, device):
+    """`tensor.to(device)`, made once while `tensor` lives (every epoch of a search reuses the copy)."""
+    import weakref
+
+    key = (id(tensor), str(device))
+    hit = _DEVICE_COPIES.get(key)
+    if hit is not None and hit[0]() is tensor:
+        return hit[1]
+    for k in [k for k, (ref, _) in _DEVICE_COPIES.items() if ref() is None]:
+        del _DEVICE_COPIES[k]  # copies of tensors that are gone
+    copy = tensor.to(device)
+    _DEVICE_COPIES[key] = (weakref.ref(tensor), copy)
+    return copy
 
 
 class DeviceBatches:
@@ -103,7 +119,7 @@ class DeviceBatches:
                                 drop_last=drop_last)
         tensors, self.indices = source
         if cuda and sum(t.numel() * t.element_size() for t in tensors) <= DEVICE_DATA_BYTES:
-            tensors = tuple(t.to(self.device) for t in tensors)
+            tensors = tuple(_on_device(t, self.device) for t in tensors)
             self.indices = self.indices.to(self.device) if self.indices is not None else None
         self.tensors = tensors
 
