@@ -242,7 +242,7 @@ def darts_rows(clock: Clock, rows: list, settings: dict, steps: int, skip_compil
     for label, levers, read in variants:
         if levers.get("cuda_graphs") and device.type != "cuda":
             continue
-        if levers.get("compile") and (skip_compile or clock.left() < 150):
+        if levers.get("compile") and (skip_compile or clock.left() < 100):
             print(f"  {label}: skipped ({'--skip-compile' if skip_compile else 'time budget spent'})", flush=True)
             continue
         if clock.left() < 20:
