@@ -302,6 +302,10 @@ def cmd_train(cfg, progress: bool) -> int:
     space = task.space(data)
     arch, label = _arch_from_config(cfg, task, space, data, "train.arch")
     run_dir = make_run_dir(cfg, "train")
+    from core.engine.lightning import relaunches_command
+
+    if relaunches_command(cfg["train"]):  # the processes DDP starts by re-running this command share the folder
+        os.environ["ARCHFORGE_RUN_DIR"] = str(run_dir)
     dump_config(cfg, run_dir / "config.yaml")
     _log(f"train: {label} ({arch.key}) on {data.name} for {cfg['train']['epochs']} epochs -> {run_dir}")
     model = space.build(arch, num_classes=data.num_classes)

@@ -191,15 +191,15 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_main(conn, payload: bytes, threads: int | None) -> None:
-    """A pool worker: load the evaluator once, then evaluate what the driver sends until told to stop."""
+def _worker_main(conn, threads: int | None) -> None:
+    """A pool worker: receive and load the evaluator once, then evaluate what the driver sends until told to stop."""
     _exit_with_parent()
     try:
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        evaluator = pickle.loads(payload)
+        evaluator = pickle.loads(conn.recv_bytes())
     except BaseException as err:  # noqa: BLE001 - reported to the driver, which stops the search with it
         conn.send(("error", f"{type(err).__name__}: {err}"))
         return
@@ -217,6 +217,13 @@ def _worker_main(conn, payload: bytes, threads: int | None) -> None:
             conn.send(("done", (key, result)))
         except (BrokenPipeError, OSError):
             return
+
+
+def _send_quietly(conn, payload: bytes) -> None:
+    try:
+        conn.send_bytes(payload)
+    except (BrokenPipeError, OSError):
+        pass  # the worker died first: its sentinel reports it
 
 
 def _death_reason(exitcode: int | None) -> str:
@@ -324,7 +331,7 @@ class ProcessExecutor(Executor):
         env = {"CUDA_VISIBLE_DEVICES": self.visible_devices(slot)}
         if self.threads:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-        process = ctx.Process(target=_worker_main, args=(child, self._payload, self.threads), daemon=True,
+        process = ctx.Process(target=_worker_main, args=(child, self.threads), daemon=True,
                               name=f"archforge-worker-{slot}")
         saved = {k: os.environ.get(k) for k in env}
         try:  # a spawned interpreter inherits the environment at start: set it for this one child only
@@ -339,6 +346,9 @@ class ProcessExecutor(Executor):
                 else:
                     os.environ[k] = v
         child.close()
+        # the evaluator goes through the pipe, from a thread: the send waits until the new interpreter has
+        # started and reads it, and the workers start side by side instead of one after another
+        threading.Thread(target=_send_quietly, args=(parent, self._payload), daemon=True).start()
         return _Worker(slot, process, parent)
 
     def close(self) -> None:

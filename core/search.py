@@ -175,13 +175,11 @@ class Search:
         self._best = -math.inf
         self._bar = tqdm(total=self.budget, desc="search", unit="arch", disable=not self.progress,
                          dynamic_ncols=True)
-        started_executor = False
+        self._started = False  # the executor starts at the first evaluation (a replayed search may need none)
         try:
             self._replay(log, past, legacy)
             if self._counted >= self.budget:   # a smaller budget than the journal's: nothing more to run
                 self._open.clear()
-            self.executor.start(self.evaluator, self.timeout_s)
-            started_executor = True
             for pending in list(self._open.values()):   # in flight when the journal was written: again
                 self._resolve(pending)
             while True:
@@ -195,7 +193,7 @@ class Search:
                     continue
                 self._tell(pending, live=True)
         finally:
-            if started_executor:
+            if self._started:
                 self.executor.close()
             self._bar.close()
         best_entry = self._best_trial(self._trials)
@@ -288,6 +286,9 @@ class Search:
         else:
             pending.kind = "fresh"
             self._running[arch] = pending.index
+            if not self._started:
+                self.executor.start(self.evaluator, self.timeout_s)
+                self._started = True
             self.executor.submit(pending.index, arch)
 
     def _finish(self, key: int, result: Result) -> None:

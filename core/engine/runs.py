@@ -86,19 +86,17 @@ _RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID")
 def make_run_dir(cfg: dict[str, Any], kind: str) -> Path:
     """`runs/<config name>/<time>-<kind>/`, unique even when two runs start in the same second.
 
-    The folder is also put in `ARCHFORGE_RUN_DIR`, and a process of a distributed training
-    (`LOCAL_RANK`, `RANK`, `NODE_RANK` or `SLURM_PROCID` set) that finds `ARCHFORGE_RUN_DIR` uses
-    that folder: the processes Lightning's DDP launcher starts by re-running the command write to
-    their parent's run folder. Under torchrun or SLURM, set `ARCHFORGE_RUN_DIR` for all processes.
+    A process of a distributed training (`LOCAL_RANK`, `RANK`, `NODE_RANK` or `SLURM_PROCID`
+    set) that finds `ARCHFORGE_RUN_DIR` uses that folder instead: `archforge train` puts its run
+    folder there before Lightning's DDP launcher re-runs the command, so the other processes write
+    to it too; under torchrun or SLURM, set it for all processes.
     """
     shared = os.environ.get("ARCHFORGE_RUN_DIR")
     if shared and any(v in os.environ for v in _RANK_VARIABLES):
         path = Path(shared)
         path.mkdir(parents=True, exist_ok=True)
         return path
-    path = _new_run_dir(cfg, kind)
-    os.environ["ARCHFORGE_RUN_DIR"] = str(path)
-    return path
+    return _new_run_dir(cfg, kind)
 
 
 def _new_run_dir(cfg: dict[str, Any], kind: str) -> Path:
