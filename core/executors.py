@@ -353,6 +353,9 @@ class ProcessExecutor(Executor):
 
     def close(self) -> None:
         for w in self._pool:
+            if not w.ready:  # still starting (its evaluator may be in the pipe): nothing to finish
+                w.process.kill()
+                continue
             try:
                 w.conn.send(None)
             except (BrokenPipeError, OSError):

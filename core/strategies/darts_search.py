@@ -207,7 +207,7 @@ class DartsSearcher:
             model = self._forward
         if self.precision != "bf16" or not torch.amp.is_autocast_available(x.device.type):
             return model(x)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):  # no cache: CUDA graphs
             return model(x)
 
     def arch_gradients_first_order(self, model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor,
