@@ -25,7 +25,7 @@ Three measurements in one run, side by side:
 The load average of the machine before and after is printed: on a shared
 machine other work competes for the cores and lowers the speed-ups.
 
-    python benchmarks/parallel.py [--evals 16] [--light 200] [--budget 100] [--seeds 5] [--no-ray]
+    python benchmarks/parallel.py [--evals 16] [--light 200] [--budget 100] [--seeds 5] [--no-ray] [--parts 123]
 """
 
 from __future__ import annotations
@@ -163,6 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--no-ray", dest="ray", action="store_false")
+    parser.add_argument("--parts", default="123", help="which measurements to run (1 throughput, 2 overhead, 3 search)")
     args = parser.parse_args(argv)
     if args.ray:
         try:
@@ -175,17 +176,18 @@ def main(argv=None) -> int:
             args.ray = False
     load_before = os.getloadavg()
     print(f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} (1 min) before", flush=True)
-    print("\n1. throughput, CPU-bound evaluator (train proxy, 1 thread each)", flush=True)
-    rows1 = throughput(args)
-    print("\n2. overhead, zero-cost evaluator", flush=True)
-    rows2 = overhead(args)
-    print("\n3. the same search serial vs 2 workers (evolution, tabular cell201, val_loss)", flush=True)
-    rows3 = same_search(args)
+    parts = {"1": ("1. throughput, CPU-bound evaluator (train proxy, 1 thread each)", throughput),
+             "2": ("2. overhead, zero-cost evaluator", overhead),
+             "3": ("3. the same search serial vs 2 workers (evolution, tabular cell201, val_loss)", same_search)}
+    tables = []
+    for key in args.parts:
+        title, measure = parts[key]
+        print(f"\n{title}", flush=True)
+        tables.append((title, measure(args)))
     load_after = os.getloadavg()
     print(f"\nload average {load_after[0]:.2f} (1 min), {load_after[1]:.2f} (5 min) after")
-    print("\n" + table(rows1, list(rows1[0])))
-    print("\n" + table(rows2, list(rows2[0])))
-    print("\n" + table(rows3, list(rows3[0])))
+    for title, rows in tables:
+        print(f"\n{title}\n" + table(rows, list(rows[0])))
     if args.ray:
         import ray
 
