@@ -19,7 +19,8 @@ timed steps between `torch.cuda.synchronize()` calls):
    the plain step without it (the default now), then each lever of
    `DartsSearcher` (fused edges, channels-last, bf16 autocast, CUDA graphs,
    all but compile together, torch.compile) in ms/step and samples/s, with the
-   speed-up over the first line; and the derived network's training step.
+   speed-up over the first line; and a derived network's training step (the
+   DARTS_V2 cell at the supernet's C and number of cells).
 
 On a CPU (no GPU, or `--device cpu`) it runs tiny sizes by default
 (`--size tiny`), which checks the script, not the hardware. `--quick` times
@@ -49,7 +50,7 @@ from torch import nn  # noqa: E402
 
 from core.engine.data import DataSplits  # noqa: E402
 from core.space import activate, architecture_parameters  # noqa: E402
-from core.spaces.darts import DartsSpace  # noqa: E402
+from core.spaces.darts import DartsSpace, genotype_to_arch  # noqa: E402
 from core.spaces.mobile import MobileSpace, cifar_space  # noqa: E402
 from core.strategies.darts_search import DartsSearcher, _GraphedStep, _on_side_stream  # noqa: E402
 from core.strategies.spos import SPOSTrainer, smoothed_cross_entropy, supernet_path  # noqa: E402
@@ -283,10 +284,10 @@ def darts_rows(clock: Clock, rows: list, settings: dict, steps: int, skip_compil
             base.setdefault(kind, seconds)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    # the derived network (a DARTS genotype at the same width and depth), one training step
+    # a derived network (the paper's DARTS_V2 cell at the supernet's width and depth), one training step
     if clock.left() > 10:
         space = DartsSpace(C=settings["C"], layers=settings["layers"], num_classes=10)
-        net = space.build(space.default()).to(device).train()
+        net = space.build(genotype_to_arch("DARTS_V2")).to(device).train()
         opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
         (x, y), = batches_on(device, data, batch, 1)
 
@@ -296,7 +297,7 @@ def darts_rows(clock: Clock, rows: list, settings: dict, steps: int, skip_compil
             loss.backward()
             opt.step()
 
-        row(rows, "DARTS weight step", "derived network (space.build, same C and cells)",
+        row(rows, "DARTS weight step", "derived network (DARTS_V2 cell, same C and cells)",
             clock.per_step(net_step, 3, steps), batch, base.get("weight"))
 
 
