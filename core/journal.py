@@ -1,7 +1,10 @@
 """The journal: a crash-safe SQLite record of every evaluation of a search.
 
 Each trial is written in its own transaction *before* the strategy is told,
-so a search killed at any instant loses at most the evaluation in flight.
+so a search killed at any instant loses at most the evaluations in flight.
+The `asks` table records every arch the strategy proposed and how many
+results had been told before it, so a resumed search replays the
+interleaving of asks and tells exactly (`core.search`).
 WAL mode with `synchronous=FULL` makes every committed trial survive a
 process kill and a power cut; `durability="process"` (`synchronous=NORMAL`)
 survives a process kill only and is faster on slow disks.
