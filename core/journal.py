@@ -1,7 +1,10 @@
 """The journal: a crash-safe SQLite record of every evaluation of a search.
 
 Each trial is written in its own transaction *before* the strategy is told,
-so a search killed at any instant loses at most the evaluation in flight.
+so a search killed at any instant loses at most the evaluations in flight.
+The `asks` table records every arch the strategy proposed and how many
+results had been told before it, so a resumed search replays the
+interleaving of asks and tells exactly (`core.search`).
 WAL mode with `synchronous=FULL` makes every committed trial survive a
 process kill and a power cut; `durability="process"` (`synchronous=NORMAL`)
 survives a process kill only and is faster on slow disks.
@@ -40,6 +43,15 @@ CREATE TABLE IF NOT EXISTS trials (
     cached INTEGER NOT NULL,
     fingerprint TEXT NOT NULL,
     finished REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS asks (
+    ask INTEGER PRIMARY KEY,
+    call INTEGER NOT NULL,
+    requested INTEGER NOT NULL,
+    tells_before INTEGER NOT NULL,
+    arch_key TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    asked REAL NOT NULL
 );
 """
 
@@ -82,6 +94,18 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One arch the strategy proposed: in call `call` of `strategy.ask(requested)`, made after
+    `tells_before` results had been told. Asks without a trial were in flight when the search stopped."""
+
+    ask: int
+    call: int
+    requested: int
+    tells_before: int
+    arch: Arch
 
 
 @dataclass(frozen=True)
@@ -165,6 +189,34 @@ class Journal:
                     for t, a, s, r, m, c, cd, fp, fin in rows]
         except (sqlite3.DatabaseError, ValueError, TypeError) as err:
             raise self._damaged(err) from None
+
+    # -- asks (the interleaving of proposals and results, replayed on resume) ------------------------------
+    def record_asks(self, call: int, requested: int, tells_before: int, archs: list[Arch]) -> None:
+        """Append the archs of one `ask` call in one committed transaction.
+
+        Committed without its own fsync: an ask needs to be durable only with the trial that answers
+        it, and that trial's commit syncs the write-ahead log, this ask included. An ask lost to a
+        power cut before any later commit is asked again by the replay, identically."""
+        first = self._db.execute("SELECT COUNT(*) FROM asks").fetchone()[0]
+        now = time.time()
+        level = self._db.execute("PRAGMA synchronous").fetchone()[0]
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT INTO asks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [(first + i, call, requested, tells_before, a.key, a.to_json(), now)
+                                      for i, a in enumerate(archs)])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            self._db.execute(f"PRAGMA synchronous={int(level)}")
+
+    def asks(self) -> list[Ask]:
+        rows = self._db.execute("SELECT ask, call, requested, tells_before, arch FROM asks ORDER BY ask")
+        return [Ask(i, c, r, t, Arch.from_json(a)) for i, c, r, t, a in rows]
 
     def evaluations(self) -> int:
         """Trials that really ran an evaluation (not answered from the cache)."""

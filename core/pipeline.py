@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -95,8 +96,10 @@ class Setup:
         return cls(cfg, task, data, task.space(data))
 
     def evaluator(self) -> Evaluator:
-        return EVALUATORS.build(self.task.evaluator_section(), "evaluator", optional={"task": self.task},
-                                space=self.space, data=self.data)
+        evaluator = EVALUATORS.build(self.task.evaluator_section(), "evaluator", optional={"task": self.task},
+                                     space=self.space, data=self.data)
+        evaluator.timeout_s = self.task.evaluator_timeout()
+        return evaluator
 
     def strategy(self, objective: Objective) -> Strategy | Searcher:
         if not self.cfg.get("strategy"):
@@ -262,7 +265,16 @@ def search(cfg: dict[str, Any], progress: bool, resume: str | None) -> int:
     searcher = isinstance(strategy_cls, type) and issubclass(strategy_cls, Searcher)
     if not searcher or strategy_cls.uses_evaluator:  # the objective reads what the evaluator reports
         check_objective_metrics(objective, task.check_evaluator(), str(task.evaluator_section().get("name")))
-    executor = None if searcher else make_executor(cfg["search"]["executor"])
+    from core.engine.lightning import relaunches_command
+
+    if cfg["retrain"]["enabled"] and relaunches_command(cfg["train"]):
+        raise ConfigError(f"train.strategy: {cfg['train']['strategy']!r} re-runs the command in every process, "
+                          "which would repeat the search; retrain with train.strategy=ddp_spawn, or set "
+                          "retrain.enabled=false and train the best arch with `archforge train CONFIG "
+                          "train.arch=RUN_DIR/best_arch.json`")
+    executor = None if searcher else make_executor(cfg["search"]["executor"])  # a bad executor fails here
+    if cfg["search"]["tell_order"] not in ("submission", "completion"):
+        raise ConfigError(f"search.tell_order: expected submission or completion, got {cfg['search']['tell_order']!r}")
     journal = lock = None
     if resume:  # the lock first: a second process on the same run folder stops before loading anything
         run_dir = Path(resume).expanduser()
@@ -300,7 +312,7 @@ def search(cfg: dict[str, Any], progress: bool, resume: str | None) -> int:
             log(f"run folder: {run_dir}")
             summary = Search(setup.space, strategy, evaluator, objective, journal, budget=cfg["search"]["budget"],
                              executor=executor, batch_size=cfg["search"]["batch_size"], progress=progress,
-                             max_rejected=cfg["search"]["max_rejected"]).run()
+                             tell_order=cfg["search"]["tell_order"], max_rejected=cfg["search"]["max_rejected"]).run()
     finally:
         if journal is not None:
             journal.close()
@@ -449,12 +461,18 @@ def train(cfg: dict[str, Any], progress: bool) -> int:
     seed_everything(cfg["seed"])
     setup = Setup.of(cfg)
     arch, label = setup.arch_from("train.arch")
+    from core.engine.lightning import is_global_zero, relaunches_command
+
     model = setup.build(arch)
     run_dir = new_run_dir(cfg, "train")
+    if relaunches_command(cfg["train"]):  # the processes DDP starts by re-running this command share the folder
+        os.environ["ARCHFORGE_RUN_DIR"] = str(run_dir)
     log(f"train: {label} ({arch.key}) on {setup.data.name} for {cfg['train']['epochs']} epochs, {threads()} CPU "
         f"thread(s) -> {run_dir}")
     val = setup.task.train(model, setup.data, run_dir, progress)
     RUN["fresh"] = False
+    if not is_global_zero():
+        return 0  # another process of a distributed training: rank 0 writes the outputs
     metrics = {f"val_{k}": v for k, v in val.items()}
     save_model(run_dir / "model.pt", cfg, arch, model, metrics)
     write_json(run_dir / "metrics.json", metrics)

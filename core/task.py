@@ -86,8 +86,18 @@ class Task:
             SPACES.check(self.cfg["space"], "space", provided=None)
 
     def evaluator_section(self) -> dict[str, Any]:
-        """The config's `evaluator` section (default: the train-from-scratch evaluator)."""
-        return dict(self.cfg.get("evaluator") or {"name": "train"})
+        """The config's `evaluator` section (default: the train-from-scratch evaluator), without `timeout_s`,
+        which the search's executor enforces (`evaluator_timeout`)."""
+        section = dict(self.cfg.get("evaluator") or {"name": "train"})
+        section.pop("timeout_s", None)
+        return section
+
+    def evaluator_timeout(self) -> float | None:
+        """`evaluator.timeout_s`: seconds per evaluation, after which the executor journals it as failed."""
+        timeout = (self.cfg.get("evaluator") or {}).get("timeout_s")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ConfigError(f"evaluator.timeout_s: expected a number of seconds > 0 or null, got {timeout!r}")
+        return timeout
 
     def check_evaluator(self) -> set[str] | None:
         """Check the evaluator section without building the evaluator (building one may train a supernet);

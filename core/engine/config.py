@@ -38,7 +38,8 @@ class RunConfig:
 class SearchConfig:
     budget: int = 30
     batch_size: int = 1
-    executor: str = "serial"
+    executor: Any = "serial"          # a name, or {name: process|ray, ...} (core.executors)
+    tell_order: str = "submission"    # or "completion" (core.search)
     journal_durability: str = "full"
     max_rejected: int = 200
 
@@ -65,6 +66,7 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
+    num_nodes: int = 1
     precision: str = "32-true"
     num_workers: int = 0
     log_every_n_steps: int = 10

@@ -2,8 +2,18 @@
 
 `SupervisedModule` wraps any network with a loss and an evaluation function
 supplied by the task; `make_trainer` turns the `train` config section into a
-`lightning.Trainer` (accelerator, devices, DDP strategy, precision come from
-config keys, so scaling out is Lightning's job, not ours).
+`lightning.Trainer` (accelerator, devices, strategy, num_nodes and precision
+come from config keys, so scaling out is Lightning's job, not ours).
+
+Distributed training: `train.strategy: ddp` with `train.devices: N` (and
+`train.num_nodes: M`) starts the other processes by re-running the same
+command with `LOCAL_RANK` set (Lightning's launcher), or runs under
+`torchrun` / SLURM, which start every process themselves. Every process
+trains; only global rank 0 writes the outputs after training
+(`is_global_zero`), and all processes of one node share the run folder
+(`core.engine.runs.make_run_dir`). `ddp_spawn` starts its processes from
+inside the training call instead, so it also works where the command does
+more than train (a search followed by retraining).
 """
 
 from __future__ import annotations
@@ -130,6 +140,58 @@ def _batch_len(batch: Any) -> int:
     return len(first) if hasattr(first, "__len__") else 1
 
 
+#: strategies whose launcher re-runs the command in every process (the spawn-based ones do not)
+_RELAUNCHING = ("ddp", "fsdp", "deepspeed")
+
+
+def relaunches_command(train_cfg: dict[str, Any]) -> bool:
+    """True when `train.strategy` would start its processes by re-running this command (plain `ddp` etc.
+    on several devices or nodes), which a command that does more than train must not allow."""
+    strategy = str(train_cfg.get("strategy", "auto"))
+    if "spawn" in strategy or "fork" in strategy or "notebook" in strategy:
+        return False
+    devices = train_cfg.get("devices", 1)
+    several = train_cfg.get("num_nodes", 1) > 1 or devices in (-1, "auto") or \
+        (isinstance(devices, int) and devices > 1) or (isinstance(devices, (list, tuple)) and len(devices) > 1) or \
+        (isinstance(devices, str) and devices not in ("1", "0"))
+    return strategy.startswith(_RELAUNCHING) and several
+
+
+def is_global_zero() -> bool:
+    """True in the process that writes outputs: global rank 0 of a distributed training, or a plain run."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def all_ranks(obj: Any) -> list[Any]:
+    """`obj` of every process of a distributed run, in rank order (`[obj]` outside one): for validation
+    metrics that need the whole validation set (COCO mAP, 10-fold verification) rather than a mean."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def interleave_ranks(parts: list[torch.Tensor], length: int) -> torch.Tensor:
+    """The first `length` items in dataset order from the per-rank outputs of an unshuffled loader.
+
+    Lightning splits a validation loader with `DistributedSampler(shuffle=False)`: rank r of W gets
+    items r, r + W, r + 2W, ..., the last ones wrapped around to the start so every rank gets as many.
+    """
+    world = len(parts)
+    if world == 1:
+        return parts[0][:length]
+    n = max(len(p) for p in parts)
+    out = parts[0].new_zeros((n * world, *parts[0].shape[1:]))
+    for rank, part in enumerate(parts):
+        out[rank::world][:len(part)] = part
+    return out[:length]
+
+
 def make_trainer(train_cfg: dict[str, Any], run_dir: Path, progress: bool = True) -> L.Trainer:
     """A Trainer logging to TensorBoard in `run_dir/tb` and keeping the last checkpoint in `run_dir/checkpoints`."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -146,7 +208,7 @@ def make_trainer(train_cfg: dict[str, Any], run_dir: Path, progress: bool = True
     warnings.filterwarnings("ignore", category=PossibleUserWarning)  # hints about tiny data, not errors
     return L.Trainer(
         max_epochs=train_cfg["epochs"], accelerator=train_cfg["accelerator"], devices=train_cfg["devices"],
-        strategy=train_cfg["strategy"], precision=train_cfg["precision"],
+        strategy=train_cfg["strategy"], num_nodes=train_cfg.get("num_nodes", 1), precision=train_cfg["precision"],
         gradient_clip_val=train_cfg["grad_clip"] or None, log_every_n_steps=train_cfg["log_every_n_steps"],
         logger=TensorBoardLogger(str(run_dir), name="tb", version=""),
         callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)],

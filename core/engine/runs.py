@@ -121,8 +121,27 @@ def resume_epoch_state(path: str | Path | None, fmt: str, space: Any, what: str,
     return min(int(payload["epoch"]), epochs), [dict(row) for row in payload.get("history", [])], payload
 
 
+#: environment variables that mark a process of a distributed training (set by Lightning, torchrun, SLURM)
+_RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID")
+
+
 def make_run_dir(cfg: dict[str, Any], kind: str) -> Path:
-    """`runs/<config name>/<time>-<kind>/`, unique even when two runs start in the same second."""
+    """`runs/<config name>/<time>-<kind>/`, unique even when two runs start in the same second.
+
+    A process of a distributed training (`LOCAL_RANK`, `RANK`, `NODE_RANK` or `SLURM_PROCID`
+    set) that finds `ARCHFORGE_RUN_DIR` uses that folder instead: `archforge train` puts its run
+    folder there before Lightning's DDP launcher re-runs the command, so the other processes write
+    to it too; under torchrun or SLURM, set it for all processes.
+    """
+    shared = os.environ.get("ARCHFORGE_RUN_DIR")
+    if shared and any(v in os.environ for v in _RANK_VARIABLES):
+        path = Path(shared)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return _new_run_dir(cfg, kind)
+
+
+def _new_run_dir(cfg: dict[str, Any], kind: str) -> Path:
     from core.engine.validate import check_run_name
 
     check_run_name(cfg["run"].get("name"))

@@ -19,7 +19,8 @@ from core.api import Arch
 
 class Evaluator:
     """Base class. `fingerprint()` identifies the evaluation recipe in the journal, so a resumed
-    search never mixes results of two different recipes.
+    search never mixes results of two different recipes. `timeout_s`, when set, is the wall time
+    after which the search's executor gives up on an evaluation and journals it as failed.
 
     `metrics` declares the names every result holds (with `scores_with_task`,
     plus the task's score names), so a search can check
@@ -28,6 +29,7 @@ class Evaluator:
     evaluator's config section asks for latency.
     """
 
+    timeout_s: float | None = None
     metrics: tuple[str, ...] | None = None
     #: results also hold the task's scores (`Task.metrics`; a `loss` reported as `val_loss`)
     scores_with_task: bool = False

@@ -76,6 +76,10 @@ class CompressionEvaluator(Evaluator):
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(dataset, batch_size=self.batch_size if shuffle else 256, shuffle=shuffle, generator=g)
 
+    def prepare(self) -> None:
+        """Train and score the teacher once, before parallel executors copy this evaluator to their workers."""
+        self.teacher_accuracy()
+
     def teacher_accuracy(self) -> float:
         """Validation accuracy of the teacher (trained here first when the space has no checkpoint)."""
         if self._teacher_acc is None:

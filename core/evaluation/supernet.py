@@ -95,7 +95,7 @@ class SupernetEvaluator(Evaluator):
             return supernet
         if isinstance(supernet, str):
             return load_supernet(self.space, supernet, **self.supernet_kwargs)
-        kwargs = {"seed": self.seed, "checkpoint": checkpoint, **self.train_kwargs}
+        kwargs = {"seed": self.seed, "checkpoint": checkpoint, "device": str(self.device), **self.train_kwargs}
         if self.supernet_kwargs:
             kwargs.setdefault("supernet_kwargs", self.supernet_kwargs)
         trainer = SPOSTrainer(self.space, self.data, self.task, epochs=self.epochs, **kwargs)

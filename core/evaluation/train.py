@@ -60,6 +60,7 @@ class TrainEvaluator(Evaluator):
         self.momentum, self.weight_decay = momentum, weight_decay
         self.channel_divisor, self.resolution_divisor = channel_divisor, resolution_divisor
         self.sample_ratio, self.seed, self.threads = sample_ratio, seed, threads
+        self.device = torch.device(device)
         self._train = self._subset(data.train)
         self._runs: dict[Arch, dict[str, Any]] = {}  # networks part-way through their schedule (evaluate_at)
         self.costs = CostMetrics(space, data.input_shape, latency, latency_table)

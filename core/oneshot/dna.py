@@ -312,7 +312,7 @@ class DNASearch(Searcher):
             bns = _path_batchnorms(block, path)
             recalibrate(block, [guide_and_target(x, t, i)[0] for x, t in recal], bns)
             states.append(_bn_state(bns))
-        sums = torch.zeros(len(paths), 3, dtype=torch.float64)
+        sums = torch.zeros(len(paths), 3, dtype=torch.float64, device=self.device)  # read once, at the end
         seen = 0
         block.eval()
         bar = tqdm(total=self.score_batches * len(paths), desc=f"DNA rank block {i}", unit="path",
@@ -335,7 +335,7 @@ class DNASearch(Searcher):
         bar.close()
         if seen == 0:
             raise ValueError("DNA ranking: the score loader gave no batch")
-        means = (sums / seen).tolist()
+        means = (sums / seen).cpu().tolist()
         names = self.space.block_choices(i)
         scores = []
         for path, (cl, mse, rela) in zip(paths, means):

@@ -74,6 +74,7 @@ from core.task import Task
 from core.oneshot.base import Searcher
 from core.cost import LatencyTable, count_macs, count_params
 from core.engine.data import DataSplits, to_device
+from core.engine.meter import StepMeter
 from core.engine.progress import progress_enabled
 from core.engine.registry import STRATEGIES
 from core.engine.runs import resume_epoch_state, save_epoch_state
@@ -102,7 +103,7 @@ class OrderedDropoutTrainer:
                  lr: float = 0.2, momentum: float = 0.9, weight_decay: float = 4e-5,
                  grad_clip: float | None = 5.0, per_image: bool = True,
                  steps_per_epoch: int | None = None, seed: int = 0, checkpoint: str | None = None,
-                 progress: bool = False, device: str = "cpu"):
+                 progress: bool = False, device: str = "cpu", log_every: int = 50):
         if epochs < 0:
             raise ValueError(f"strategy.epochs: expected an integer >= 0, got {epochs!r}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
@@ -114,7 +115,7 @@ class OrderedDropoutTrainer:
         self.grad_clip, self.per_image = grad_clip, per_image
         self.steps_per_epoch, self.seed = steps_per_epoch, seed
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.progress, self.device = progress, torch.device(device)
+        self.progress, self.device, self.log_every = progress, torch.device(device), log_every
         self.history: list[dict[str, float]] = []
 
     def _steps(self) -> int:
@@ -152,7 +153,8 @@ class OrderedDropoutTrainer:
         generator = torch.Generator().manual_seed(seed)
         loader = self.task.loader(self.data.train, self.batch_size, shuffle=True, seed=seed + 1)
         supernet.train()
-        started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0.0, 0
+        started = time.perf_counter()
+        meter = StepMeter("NetAdaptV2 super-network loss", self.log_every)
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
@@ -160,20 +162,18 @@ class OrderedDropoutTrainer:
             n = len(batch[0])
             supernet.sample(n, generator, self.per_image, self.device)
             loss, logs = self.task.loss(supernet, batch)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"NetAdaptV2 super-network loss is {value} at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(supernet.parameters(), self.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss_sum += value * n
-            correct += float(logs.get("correct", 0.0))
-            seen += n
+            meter.add(loss=loss.detach().double() * n, correct=logs.get("correct", 0.0), seen=n)
+            meter.step(f"of epoch {epoch}")
             bar.update(1)
-        n = max(seen, 1)
+        sums = meter.totals(f"of epoch {epoch}")
+        n = max(sums.get("seen", 0), 1)
+        loss_sum, correct = sums.get("loss", 0.0), sums.get("correct", 0.0)
         return {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
                 "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
 

@@ -18,6 +18,11 @@ class Strategy:
     Strategies rank results through `self.objective.fitness` (higher is
     better, -inf for failed or infeasible ones). The search loop sets the
     objective when the strategy was built without one.
+
+    The loop asks while earlier archs are still being evaluated (parallel
+    executors). A strategy that cannot propose before some of those results
+    arrive returns fewer archs than asked, or none, without changing its
+    state; the loop asks again after the next tell.
     """
 
     max_fresh_tries = 100
@@ -68,8 +73,9 @@ class QueuedStrategy(Strategy):
     """A strategy that plans archs in rounds (PNAS levels, predictor-ranked batches): `refill()` fills
     `self.queue` once every arch of the previous round has been told; `ask` hands the queue out.
 
-    Asked again before the round's tells arrive, it hands out fresh random archs so a
-    parallel caller is never idle; the first `warmup` asks are random too.
+    Asked again before the round's tells arrive, it waits: it returns the archs it has (possibly
+    none) and the search loop asks again after the next result, so a round is planned from every
+    result of the one before, as the papers do. The first `warmup` asks are random.
     """
 
     warmup = 0
@@ -93,9 +99,9 @@ class QueuedStrategy(Strategy):
                 if self.queue:
                     arch = self.queue.popleft()
                     self.seen.add(arch)
-                elif archs:
+                elif self.pending:
                     break                                # the round's last archs are out; wait for their tells
-                else:                                    # asked again before telling: a random arch meanwhile
+                else:                                    # refill planned nothing new: a random arch
                     arch = self.fresh(lambda: self.space.sample(self.rng))
             self.pending.add(arch)
             archs.append(arch)

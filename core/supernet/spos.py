@@ -26,6 +26,10 @@ the embedded datasets; set `lr`, `batch_size` and `epochs` per config.
 Training checkpoints atomically after every epoch and resumes from the last
 completed one (`checkpoint=` path): paths, shuffling and dropout are seeded
 per epoch, so a resumed run gives the same supernet as an uninterrupted one.
+
+On a GPU the loop does not wait for the host every step: the loss and what
+the task's loss logs are summed on the device and read once per `log_every`
+steps (`core.engine.meter.StepMeter`; a NaN loss stops training at that read).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from tqdm.auto import tqdm
 
 from core.engine.progress import progress_enabled
 from core.engine.data import DataSplits, to_device
+from core.engine.meter import StepMeter
 from core.task import Task
 from core.engine.runs import load_checkpoint, save_checkpoint
 from core.api import Arch, SearchSpace, activate
@@ -79,7 +84,8 @@ class SPOSTrainer:
                  lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 4e-5, nesterov: bool = False,
                  schedule: str = "linear", grad_clip: float | None = 5.0,
                  steps_per_epoch: int | None = None, supernet_kwargs: dict | None = None, seed: int = 0,
-                 checkpoint: str | None = None, resume: bool = True, progress: bool = False, device: str = "cpu"):
+                 checkpoint: str | None = None, resume: bool = True, progress: bool = False, device: str = "cpu",
+                 log_every: int = 50):
         if epochs < 0:
             raise ValueError(f"spos.epochs: expected an integer >= 0, got {epochs!r}")
         if schedule not in ("linear", "cosine", "constant"):
@@ -94,6 +100,7 @@ class SPOSTrainer:
         self.supernet_kwargs = dict(supernet_kwargs or {})
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.resume, self.progress, self.device = resume, progress, torch.device(device)
+        self.log_every = log_every
         self.history: list[dict[str, float]] = []
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -168,7 +175,8 @@ class SPOSTrainer:
         loader = self.task.loader(self.data.train, self.batch_size, shuffle=True, seed=epoch_seed)
         trainable = self._trainable
         trainable.train()
-        started, seen, loss_sum, logged, step = time.perf_counter(), 0, 0.0, {}, -1
+        started = time.perf_counter()
+        meter = StepMeter("SPOS supernet loss", self.log_every)
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
@@ -177,25 +185,22 @@ class SPOSTrainer:
             activate(supernet, supernet_path(self.space, self.space.sample(rng)))
             batch = to_device(batch, self.device)
             loss, logs = self.task.loss(trainable, batch)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"SPOS supernet loss is {value} at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(trainable.parameters(), self.grad_clip)
             optimizer.step()
             n = int(logs.get("n", 1))
-            loss_sum += value * n
-            seen += n
-            for key, v in logs.items():
-                if key != "n":
-                    logged[key] = logged.get(key, 0.0) + float(v)
+            meter.add(loss=loss.detach().double() * n, seen=n,
+                      **{k: v for k, v in logs.items() if k != "n"})
+            meter.step(f"of epoch {epoch}")
             bar.update(1)
-        row = {"epoch": float(epoch), "loss": loss_sum / max(seen, 1)}
-        if "correct" in logged:
-            row["accuracy"] = logged.pop("correct") / max(seen, 1)
-        row.update({k: v / max(step + 1, 1) for k, v in logged.items()})
+        sums = meter.totals(f"of epoch {epoch}")
+        seen = max(sums.pop("seen", 0), 1)
+        row = {"epoch": float(epoch), "loss": sums.pop("loss", 0.0) / seen}
+        if "correct" in sums:
+            row["accuracy"] = sums.pop("correct") / seen
+        row.update({k: v / max(meter.steps, 1) for k, v in sums.items()})
         return {**row, "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - started}
 
 

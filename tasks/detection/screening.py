@@ -100,7 +100,7 @@ class GroupLassoScreen:
         col = self.matrix().detach().norm(dim=0)
         col[~self.active] = math.inf
         order = torch.argsort(col)[:n]
-        self.active[order] = False
+        self.active[order.cpu()] = False  # the mask stays on the host; the norms may be on a GPU
         self.enforce()
         return [self.options[i] for i in order.tolist()]
 
@@ -144,19 +144,20 @@ def run_screen(screen: GroupLassoScreen, weights: Sequence[nn.Parameter], loss_f
         if train_alpha:
             a_opt.step()
             screen.enforce()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())  # read once at the end: no host sync per step
         if step in marks:
             removed.append(screen.drop(marks[step]))
     if len(screen.remaining()) > screen.keep:  # fewer steps than rounds: finish the removal
         removed.append(screen.drop(len(screen.remaining()) - screen.keep))
+    losses = torch.stack(losses).cpu().tolist() if losses else []
     return {"kept": screen.remaining(), "removed": removed, "norms": screen.norms(), "losses": losses}
 
 
 def screen_detector(space, data, mu: float = 0.1, keep: int = 8, stage_blocks: Sequence[int] = (2, 2, 4, 2),
                     components: Sequence[str] = ("backbone", "neck", "head"), steps: int = 200,
                     arch_start_fraction: float = 0.5, batch_size: int = 8, lr: float = 0.04, arch_lr: float = 4e-4,
-                    rounds: int = 4, seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Screen each component of a `HitDetectorSpace` in turn (others fixed to their default op).
+                    rounds: int = 4, seed: int = 0, progress: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Screen each component of a `HitDetectorSpace` in turn (others fixed to their default op), on `device`.
 
     Returns `{"candidates": {component: [8 ops]}, "details": {component: ...}}`;
     pass `candidates` to the space (or to `HitDetSearcher`) to search the sub-spaces.
@@ -176,7 +177,7 @@ def screen_detector(space, data, mu: float = 0.1, keep: int = 8, stage_blocks: S
     for comp in components:
         torch.manual_seed(seed)
         fixed = {n: default[n] for n in small.names if small.component(n) != comp}
-        model = small.supernet(num_classes=data.num_classes, fixed=fixed)
+        model = small.supernet(num_classes=data.num_classes, fixed=fixed).to(device)
         modules = [m for m in choice_modules(model)]
         screen = GroupLassoScreen(modules, mu=mu, keep=min(keep, len(modules[0].choice.options)))
         arch_ids = {id(r) for r in screen.rows}
@@ -190,7 +191,12 @@ def screen_detector(space, data, mu: float = 0.1, keep: int = 8, stage_blocks: S
 
         model.train()
         started = time.perf_counter()
-        details = run_screen(screen, weights, lambda b, model=model: detection_loss(model, *b)[0], cycle(), steps,
+        def loss(batch, model=model):
+            images, targets = batch
+            targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+            return detection_loss(model, [i.to(device) for i in images], targets)[0]
+
+        details = run_screen(screen, weights, loss, cycle(), steps,
                              arch_start=int(steps * arch_start_fraction), lr=lr, arch_lr=arch_lr, rounds=rounds,
                              progress=progress, desc=f"screening {comp}")
         details["seconds"] = time.perf_counter() - started

@@ -63,9 +63,10 @@ def candidate_costs(model: nn.Module, image_size: int, proposals: int | None = N
     """MACs of every candidate of every ChoiceModule at its position: {choice name: tensor of N costs}.
 
     Input shapes are recorded with hooks during one eval forward on a blank
-    image; a head op's cost is per RoI times `proposals` (the RPN's test-time
-    post-NMS count when None).
+    image (made on the model's device, CUDA included); a head op's cost is per
+    RoI times `proposals` (the RPN's test-time post-NMS count when None).
     """
+    device = next(model.parameters()).device
     shapes: dict[str, tuple[int, ...]] = {}
     modules = {m.name: m for m in choice_modules(model)}
 
@@ -79,7 +80,7 @@ def candidate_costs(model: nn.Module, image_size: int, proposals: int | None = N
     model.eval()
     try:
         with torch.no_grad():
-            model([torch.zeros(3, image_size, image_size)])
+            model([torch.zeros(3, image_size, image_size, device=device)])
     finally:
         for h in hooks:
             h.remove()
@@ -93,7 +94,7 @@ def candidate_costs(model: nn.Module, image_size: int, proposals: int | None = N
             raise RuntimeError(f"candidate_costs: choice {name!r} did not run on a blank image")
         shape = shapes[name]
         is_roi = name.startswith("head.") and hasattr(model, "roi_heads")
-        probe = torch.zeros((1,) + shape[1:])
+        probe = torch.zeros((1,) + shape[1:], device=device)
         per = [count_macs(c, probe) for c in module.candidates]
         scale = proposals if is_roi else shape[0]
         costs[name] = torch.tensor([float(v) * scale for v in per])
@@ -154,7 +155,8 @@ class HitDetSearcher(BilevelSearcher):
 
     def cost(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """C(alpha), C(beta), C(gamma): the softmax-weighted candidate costs, summed per component."""
-        out = {c: torch.zeros(()) for c in COMPONENTS}
+        device = next(model.parameters()).device
+        out = {c: torch.zeros((), device=device) for c in COMPONENTS}
         seen: set[str] = set()
         for m in choice_modules(model):
             if m.name in seen:  # RetinaNet's two subnets share one choice (and its logits)

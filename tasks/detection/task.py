@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.engine.data import DataSplits
-from core.engine.lightning import build_optimizer, make_trainer, with_schedule
+from core.engine.lightning import all_ranks, build_optimizer, make_trainer, with_schedule
 from core.engine.registry import TASKS, ConfigError
 from core.engine.runs import atomic_write_text, write_json
 from core.task import Task, batches_on
@@ -81,7 +81,12 @@ class DetectionModule(L.LightningModule):
                                       "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
 
     def on_validation_epoch_end(self):
-        metrics = coco_map(self.val_set.coco, self._records)
+        records, seen = [], set()
+        for part in all_ranks(self._records):  # DDP: each process saw part of the images (some twice, padded)
+            ids = {r["image_id"] for r in part}
+            records += [r for r in part if r["image_id"] not in seen]
+            seen |= ids
+        metrics = coco_map(self.val_set.coco, records)
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=name == "AP")
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.engine.data import DataSplits
-from core.engine.lightning import build_optimizer, make_trainer, with_schedule
+from core.engine.lightning import all_ranks, build_optimizer, interleave_ranks, make_trainer, with_schedule
 from core.engine.registry import TASKS, ConfigError
 from core.task import Task, batches_on
 from core.api import Arch, SearchSpace
@@ -129,8 +129,9 @@ class FaceModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._val:
             return
-        emb = torch.cat(self._val).numpy()
-        issame = torch.cat(self._issame).numpy()[0::2].astype(bool)
+        n = len(self.trainer.val_dataloaders.dataset)  # pairs are consecutive images: reassemble all ranks' parts
+        emb = interleave_ranks(all_ranks(torch.cat(self._val)), n).numpy()
+        issame = interleave_ranks(all_ranks(torch.cat(self._issame)), n).numpy()[0::2].astype(bool)
         if len(issame) < 10:
             return
         row = ten_fold_accuracy(pair_distances(emb), issame)

@@ -108,7 +108,7 @@ def test_on_trial_returning_true_stops_the_search(onemax_space, tmp_path):
 
 def test_resume_refuses_a_different_strategy(onemax_space, tmp_path):
     run(onemax_space, RandomSearch(onemax_space, seed=0), tmp_path, 10, "x")
-    with pytest.raises(ResumeError, match="trial 0"):
+    with pytest.raises(ResumeError, match="ask 0: the strategy now asks"):
         run(onemax_space, RandomSearch(onemax_space, seed=1), tmp_path, 20, "x")
 
 

@@ -84,6 +84,17 @@ def test_user_errors_are_one_line(override, expected):
     assert len(lines) == 1 and expected in lines[0], proc.stderr
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("search.executor={name: dask}", "search.executor.name: unknown executor 'dask'"),
+    ("search.executor={name: process, cpus: 2}", "search.executor.cpus: unknown key"),
+    ("search.tell_order=random", "search.tell_order: expected submission or completion"),
+    ("evaluator.timeout_s=-1", "evaluator.timeout_s: expected a number of seconds > 0"),
+])
+def test_parallel_search_settings_fail_in_one_line(override, expected, tmp_path, capsys):
+    assert main(["search", QUICK, override, f"run.dir={tmp_path}", "--no-progress"]) == 2
+    assert expected in capsys.readouterr().err
+
+
 def test_missing_config_file_names_the_path():
     proc = _cli("train", "configs/nope.yaml")
     assert proc.returncode == 2 and "config file not found" in proc.stderr and "nope.yaml" in proc.stderr
@@ -97,6 +108,15 @@ def test_export_matches_pytorch(tmp_path):
     model = space.build(space.default(), num_classes=10).eval()
     rows = export_model(model, torch.randn(2, 1, 8, 8), tmp_path, ["onnx", "torchscript"])
     assert all(r["max_abs_diff"] < 1e-4 for r in rows), rows
+
+
+@pytest.mark.slow
+def test_search_on_a_process_pool_through_the_cli(tmp_path):
+    args = [*TINY, "retrain.enabled=false", f"run.dir={tmp_path}", "search.executor={name: process, workers: 2}",
+            "evaluator.timeout_s=120", "--no-progress"]
+    assert main(["search", QUICK, *args]) == 0
+    summary = json.loads((_only(tmp_path / "quickstart", "*-search") / "search.json").read_text())
+    assert summary["trials"] - summary["infeasible"] == 8 and summary["evaluations"] == 8 and summary["failed"] == 0
 
 
 def test_multi_fidelity_and_one_shot_searches_through_the_cli(tmp_path):
