@@ -12,7 +12,7 @@ import torch
 
 from core.engine.lightning import relaunches_command
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 QUICK = str(ROOT / "configs/classification/quickstart.yaml")
 TRAIN_IMAGES = 1079  # the digits training split
 

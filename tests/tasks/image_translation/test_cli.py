@@ -29,7 +29,8 @@ def test_teacher_distillation_test_export_and_search(tmp_path, capsys):
     student = latest(tmp_path, "distill_pu")
     history = json.loads((student / "train_history.json").read_text())["history"][0]
     assert {"kd_0:l1", "kd_2:gram", "d_loss", "g_adv", "l1_target"} <= set(history)
-    assert main(["test", f"{CONFIGS}/distill_pu.yaml", f"test.checkpoint={student / 'model.pt'}"]) == 0
+    assert main(["test", f"{CONFIGS}/distill_pu.yaml", f"test.checkpoint={student / 'model.pt'}",
+                 f"image_translation.distill.teacher={teacher / 'model.pt'}"]) == 0  # the command line's options
     rows = list(csv.DictReader((student / "metrics_per_image.csv").open()))
     assert len(rows) == 72 and set(rows[0]) == {"image", "psnr", "ssim"}
     costs = json.loads((student / "costs.json").read_text())
