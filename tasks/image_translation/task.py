@@ -172,7 +172,7 @@ class ImageTranslationTask(Task):
         ngf = scaled(o.ngf, width)
         return unet_arch(ngf, o.num_downs, o.dropout) if kind == "unet" else resnet_arch(ngf, o.n_blocks)
 
-    def baseline(self, name: str, space: SearchSpace, data: DataSplits) -> Arch:
+    def baseline(self, name: str, space: SearchSpace, data: DataSplits, searched: Arch | None = None) -> Arch:
         o = self.options
         table = {"teacher": (1.0, None), "student": (o.student_width, None), "unet": (1.0, "unet"),
                  "unet_student": (o.student_width, "unet"), "resnet": (1.0, "resnet"),
