@@ -104,18 +104,21 @@ class PatchDataset(Dataset):
 
 
 class TileDataset(Dataset):
-    """`size` x `size` tiles at the given corners with per-pixel targets (-1 = ignored)."""
+    """`size` x `size` tiles at the given corners with per-pixel targets (-1 = ignored). Each pixel's target
+    stays in the first tile that covers it (clamped border tiles overlap their neighbours), and tiles
+    without any target are dropped."""
 
     def __init__(self, cube: np.ndarray, target: np.ndarray, corners: list[tuple[int, int]], size: int):
         self.cube = torch.from_numpy(np.ascontiguousarray(cube))
-        self.size, self.corners = size, list(corners)
-        self.targets = []
+        self.size, self.corners, self.targets = size, [], []
         owned = np.zeros(target.shape, bool)
-        for top, left in self.corners:  # every pixel belongs to the first tile that covers it
+        for top, left in corners:
             window = (slice(top, top + size), slice(left, left + size))
             t = np.where(owned[window], -1, target[window])
             owned[window] = True
-            self.targets.append(torch.as_tensor(t.astype(np.int64)))
+            if (t >= 0).any():
+                self.corners.append((top, left))
+                self.targets.append(torch.as_tensor(t.astype(np.int64)))
 
     def __len__(self) -> int:
         return len(self.corners)
@@ -298,19 +301,28 @@ def rs_files(sources: list, labels: Any = None, train_labels: Any = None, test_l
 
 
 @DATASETS.register("rs_embedded")
-def rs_embedded(scene_seed: int = 0, mode: str = "patch", patch_size: int = 11, tile_size: int = 32,
+def rs_embedded(scene_seed: int = 0, size: list | None = None, mode: str = "patch", patch_size: int = 11, tile_size: int = 32,
                 tile_stride: int = 16, train_per_class: int | None = 100, val_per_class: int = 20,
                 test_pixels: str = "rest", normalize: str = "minmax", resampling: str = "bilinear",
                 seed: int = 0) -> RSDataSplits:
-    """The generated 64 + 2-band scene (`tasks.remote_sensing.synthetic`), 100 training pixels per class
-    redrawn per seed as in MUUFL's protocol; the elevation GeoTIFF (2 m) is warped onto the 1 m grid."""
+    """The generated 64 + 2-band scene (`tasks.remote_sensing.synthetic`; `size` [rows, cols], 220 x 320 by
+    default), 100 training pixels per class redrawn per seed as in MUUFL's protocol; the elevation GeoTIFF
+    (2 m) is warped onto the 1 m grid."""
     from tasks.remote_sensing.synthetic import CLASS_NAMES, embedded_scene
 
-    folder = embedded_scene(scene_seed)
+    from tasks.remote_sensing.synthetic import SHAPE
+
+    shape = tuple(int(v) for v in size) if size else SHAPE
+    if len(shape) != 2:
+        raise ConfigError(f"data.size: expected [rows, cols], got {size!r}")
+    try:
+        folder = embedded_scene(scene_seed, shape)
+    except ValueError as err:
+        raise ConfigError(f"data.size: {err}") from None
     return rs_files(sources=[str(folder / "hsi.tif"), {"path": str(folder / "elevation.tif"),
                                                        "resampling": resampling}],
                     labels=str(folder / "labels.tif"), source_names=["hyperspectral", "elevation"],
-                    class_names=CLASS_NAMES, mode=mode, patch_size=patch_size, tile_size=tile_size,
+                    class_names=CLASS_NAMES, num_classes=len(CLASS_NAMES), mode=mode, patch_size=patch_size, tile_size=tile_size,
                     tile_stride=tile_stride, train_per_class=train_per_class, val_per_class=val_per_class,
                     test_pixels=test_pixels, normalize=normalize, seed=seed, title="rs_embedded")
 

@@ -77,16 +77,18 @@ def parse_spec(spec: Any, key: str, root: str | None = None) -> dict[str, Any]:
 def _read_mat(path: str, var: str | None, key: str) -> np.ndarray:
     import scipy.io
 
+    import h5py
+
     try:
         content = scipy.io.loadmat(path)
     except NotImplementedError:  # MATLAB v7.3 files are HDF5
         content = None
     except (ValueError, TypeError, OSError) as err:
-        raise ConfigError(f"{key}: cannot read {path} as a MATLAB file ({err})") from None
+        if not h5py.is_hdf5(path):
+            raise ConfigError(f"{key}: cannot read {path} as a MATLAB file ({err})") from None
+        content = None
     if content is not None:
         return np.asarray(content[_pick([k for k in content if not k.startswith("__")], var, path, key)])
-    import h5py
-
     try:
         f = h5py.File(path, "r")
     except OSError as err:
@@ -163,8 +165,7 @@ def read_raster(spec: dict[str, Any], key: str, default_layout: str = "hwc") -> 
 def _bounds(transform, shape: tuple[int, int]) -> tuple[float, float, float, float]:
     from rasterio.transform import array_bounds
 
-    south, west, north, east = array_bounds(shape[0], shape[1], transform)
-    return west, south, east, north
+    return array_bounds(shape[0], shape[1], transform)  # west, south, east, north
 
 
 def same_grid(a: Raster, b: Raster) -> bool:

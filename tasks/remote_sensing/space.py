@@ -81,6 +81,13 @@ class RSNetSpace(SearchSpace):
             w, g = arch[f"{self.prefix}{i}.width"], arch[f"{self.prefix}{i}.groups"]
             if w % g:
                 return f"{self.prefix}{i}.width={w} is not divisible by {self.prefix}{i}.groups={g}"
+            # the level's first convolution reads the previous level (the ResNet stem has stage 1's width)
+            if i == 1:
+                cin = w if self.model == "resnet18" else self.in_channels
+            else:
+                cin = arch[f"{self.prefix}{i - 1}.width"]
+            if cin % g:
+                return f"{self.prefix}{i}.groups={g} does not divide its {cin} input channels"
         return None
 
     def with_conv(self, conv: str) -> Arch:

@@ -15,24 +15,30 @@ different spectrum); within a family the two classes differ only by height.
 Trees and roofs differ in the last return (it reaches the ground under most
 of a canopy).
 
-Recipe (`generate_scene(seed)`, NumPy's PCG64 seeded with `seed`, default 0):
+Recipe (`generate_scene(seed)`, NumPy's PCG64 seeded with `seed`, default 0;
+object counts for 220 x 320 pixels, scaled with the area for other sizes):
 
 1. Ground: a Voronoi partition of 60 random sites, each region grass, road,
-   bare soil or sidewalk (probabilities 0.35, 0.25, 0.2, 0.2).
-2. 40 buildings: axis-aligned rectangles of 7-24 px a side, roof dark, clay
-   or concrete (equal odds), a roof height of 2.5-12 m above the terrain.
-3. 60 trees: discs of radius 2-6 px, canopy 3-14 m, not over buildings.
-4. Terrain: smooth hills (Gaussian-filtered noise, sigma 30 px) spanning
-   0-6 m, so absolute height alone does not separate ground from roofs.
-5. Spectra over 400-1000 nm: one mean per family; per object a brightness
-   factor (0.6-1.4) and a smooth random change of shape (+-8 %); per pixel a
-   smooth illumination field (+-10 %) and Gaussian noise (sigma 0.012);
-   the cube is blurred by a Gaussian PSF (sigma 0.8 px), mixing borders.
-6. Elevation: first return = terrain + object height (+ canopy roughness),
-   last return = terrain (+ 0-1 m) under 75 % of a canopy, else the first;
-   noise sigma 0.15 m; generated at 1 m and written at 2 m (2 x 2 means), so
-   reading it exercises the warp onto the 1 m hyperspectral grid.
-7. Labels: class numbers 1-8; 0 (unlabelled) within 1 px of a class border
+   bare soil or sidewalk (equal odds).
+2. 70 buildings: axis-aligned rectangles of 7-24 px a side, roof dark, clay
+   or concrete (equal odds), 2-10 m above the terrain, each casting a shadow
+   (x 0.45 brightness) of height / 2 px to the south-east.
+3. 60 small ground patches (5-15 px rectangles of a random ground class), so
+   that object size does not give the height away.
+4. 160 trees: discs of radius 2.5-7 px, canopy 3-14 m, not over buildings.
+5. Terrain: smooth hills (Gaussian-filtered noise, sigma 30 px) spanning
+   0-8 m, so absolute height alone does not separate ground from roofs.
+6. Spectra over 400-1000 nm: the class's family mean mixed (0-35 %) with a
+   smoothly varying blend of the four families, reshaped (+-15 %, seven
+   Gaussian basis bands), scaled by a brightness field (0.5-1.5); all fields
+   are smooth in space and ignore object borders, so the two classes of a
+   family share one distribution of spectra; Gaussian noise (sigma 0.03)
+   per band, then a Gaussian PSF (sigma 0.8 px) that mixes borders.
+7. Elevation: first return = terrain + object height (+ canopy roughness,
+   sigma 1 m), last return = terrain (+ 0-1.5 m) under 60 % of a canopy,
+   else the first; noise sigma 0.3 m; generated at 1 m and written at 2 m
+   (2 x 2 means), so reading it exercises the warp onto the 1 m grid.
+8. Labels: class numbers 1-8; 0 (unlabelled) within 1 px of a class border
    and on 10 % of the regions and objects, as ground truth leaves mixed and
    unsurveyed pixels out.
 
@@ -93,12 +99,17 @@ def generate_scene(seed: int = 0, shape: tuple[int, int] = SHAPE) -> dict[str, n
 
     rng = np.random.default_rng(seed)
     h, w = shape
+    if h < 32 or w < 32:
+        raise ValueError(f"the generated scene needs at least 32 x 32 pixels, got {h} x {w}")
+    area = h * w / (SHAPE[0] * SHAPE[1])  # object counts scale with the area
+    n_regions, n_buildings, n_patches, n_trees = (max(4, round(n * area)) for n in (N_REGIONS, N_BUILDINGS,
+                                                                                   N_PATCHES, N_TREES))
     rows, cols = np.mgrid[0:h, 0:w]
     cls = np.zeros(shape, np.int64)
     obj = np.zeros(shape, np.int64)
     height = np.zeros(shape)  # object height above the terrain
     # 1. ground regions
-    sites = rng.uniform([0, 0], [h, w], size=(N_REGIONS, 2))
+    sites = rng.uniform([0, 0], [h, w], size=(n_regions, 2))
     dist = (rows[None] - sites[:, 0, None, None]) ** 2 + (cols[None] - sites[:, 1, None, None]) ** 2
     region = dist.argmin(axis=0)
     cls[:] = rng.choice([1, 3, 5, 7], size=len(sites))[region]
@@ -107,7 +118,7 @@ def generate_scene(seed: int = 0, shape: tuple[int, int] = SHAPE) -> dict[str, n
     # 2. buildings
     building = np.zeros(shape, bool)
     shadow = np.zeros(shape, bool)
-    for _ in range(N_BUILDINGS):
+    for _ in range(n_buildings):
         bh, bw = rng.integers(7, 25, size=2)
         r0, c0 = rng.integers(0, h - bh), rng.integers(0, w - bw)
         sl = (slice(r0, r0 + bh), slice(c0, c0 + bw))
@@ -122,7 +133,7 @@ def generate_scene(seed: int = 0, shape: tuple[int, int] = SHAPE) -> dict[str, n
         next_id += 1
     shadow &= ~building
     # small ground patches (lawns, parking lots, yards), so that object size does not give the height away
-    for _ in range(N_PATCHES):
+    for _ in range(n_patches):
         ph, pw = rng.integers(5, 16, size=2)
         r0, c0 = rng.integers(0, h - ph), rng.integers(0, w - pw)
         sl = (slice(r0, r0 + ph), slice(c0, c0 + pw))
@@ -132,7 +143,7 @@ def generate_scene(seed: int = 0, shape: tuple[int, int] = SHAPE) -> dict[str, n
         next_id += 1
     # 3. trees, never over buildings
     canopy = np.zeros(shape, bool)
-    for _ in range(N_TREES):
+    for _ in range(n_trees):
         radius = rng.uniform(2.5, 7.0)
         r0, c0 = rng.uniform(0, h), rng.uniform(0, w)
         d2 = (rows - r0) ** 2 + (cols - c0) ** 2
@@ -186,13 +197,13 @@ def _downsample(array: np.ndarray, factor: int) -> np.ndarray:
     return array[:, : h2 * factor, : w2 * factor].reshape(c, h2, factor, w2, factor).mean(axis=(2, 4))
 
 
-def write_scene(folder: Path, seed: int = 0) -> None:
+def write_scene(folder: Path, seed: int = 0, shape: tuple[int, int] = SHAPE) -> None:
     """Generate the scene and write its three GeoTIFFs into `folder`."""
     from rasterio.transform import from_origin
 
     from tasks.remote_sensing.rasters import write_geotiff
 
-    arrays = generate_scene(seed)
+    arrays = generate_scene(seed, shape)
     fine = from_origin(ORIGIN[0], ORIGIN[1], 1.0, 1.0)
     coarse = from_origin(ORIGIN[0], ORIGIN[1], 2.0, 2.0)
     write_geotiff(folder / "hsi.tif", arrays["hsi"], CRS, fine, [f"{wl:.0f} nm" for wl in WAVELENGTHS])
@@ -201,15 +212,16 @@ def write_scene(folder: Path, seed: int = 0) -> None:
     write_geotiff(folder / "labels.tif", arrays["labels"], CRS, fine, ["class (0 = unlabelled)"])
 
 
-def embedded_scene(seed: int = 0) -> Path:
-    """The folder holding the generated scene for `seed`, generated on first use and cached."""
-    folder = cache_dir("remote_sensing") / f"embedded_v{VERSION}_seed{seed}"
+def embedded_scene(seed: int = 0, shape: tuple[int, int] = SHAPE) -> Path:
+    """The folder holding the generated scene for `seed` (and `shape`), generated on first use and cached."""
+    suffix = "" if tuple(shape) == SHAPE else f"_{shape[0]}x{shape[1]}"
+    folder = cache_dir("remote_sensing") / f"embedded_v{VERSION}_seed{seed}{suffix}"
     if all((folder / name).is_file() for name in ("hsi.tif", "elevation.tif", "labels.tif")):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        write_scene(tmp, seed)
+        write_scene(tmp, seed, tuple(shape))
         if all((folder / name).is_file() for name in ("hsi.tif", "elevation.tif", "labels.tif")):
             shutil.rmtree(tmp)  # another process finished first
         else:

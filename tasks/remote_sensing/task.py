@@ -280,12 +280,14 @@ class RemoteSensingTask(Task):
         out = {"oa": m["oa"], "aa": m["aa"], "kappa": m["kappa"]}
         out.update({f"acc_{i + 1}": v for i, v in enumerate(m["per_class"])})
         if any(isinstance(x, (DGConv2d, FGConv2d)) for x in model.modules()):
-            out.update(self._static_summary(model, data, run_dir))
+            out.update(self.static_summary(model, data, run_dir))
         if run_dir is not None:
             self._write_outputs(model, data, Path(run_dir), prediction, m)
         return out
 
-    def _static_summary(self, model: nn.Module, data: RSDataSplits, run_dir: Path | None) -> dict[str, float]:
+    def static_summary(self, model: nn.Module, data: RSDataSplits, run_dir: Path | None) -> dict[str, float]:
+        """Params and MACs of the derived static network, its largest output difference from `model` on
+        test samples, and (with a run folder) the onnxruntime-checked `static_model.onnx`."""
         from core.cost import count_macs, count_params
         from core.ops.static_groups import to_static
 
