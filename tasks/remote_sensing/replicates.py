@@ -32,10 +32,13 @@ TABLE = ["model", "seed", "params", "static_params", "macs", "static_macs", "oa"
 SUMMARY = ["model", "runs", "params", "static_params", "macs", "static_macs", "oa", "aa", "kappa"]
 
 
-def resolve_arch(name: str, task, space, data):
-    """A baseline name or an arch JSON file, with its label."""
+def resolve_arch(name, task, space, data):
+    """A baseline name, an arch JSON file or a (label, Arch) pair, with its label."""
     from core.space import Arch
 
+    if isinstance(name, tuple):
+        label, arch = name
+        return space.check(arch if isinstance(arch, Arch) else Arch(arch)), label
     if name.endswith(".json"):
         path = Path(name).expanduser()
         if not path.is_file():
@@ -44,9 +47,9 @@ def resolve_arch(name: str, task, space, data):
     return task.baseline(name, space, data), name
 
 
-def run_one(cfg: dict[str, Any], name: str, seed: int, out_dir: Path | None, progress: bool = False,
-            outputs: bool = True) -> dict[str, Any]:
-    """Train and test one network for one seed; returns its table row."""
+def run_one(cfg: dict[str, Any], name, seed: int, out_dir: Path | None, progress: bool = False,
+            outputs: bool = True) -> tuple[dict[str, Any], Any, Any]:
+    """Train and test one network for one seed; returns its table row, the trained model and the data."""
     from core.cli import load_task, save_model
     from core.cost import count_macs, count_params
     from core.engine.runs import seed_everything
@@ -85,7 +88,7 @@ def run_one(cfg: dict[str, Any], name: str, seed: int, out_dir: Path | None, pro
     row.setdefault("static_params", row["params"])
     row.setdefault("static_macs", row["macs"])
     row["seconds"] = time.perf_counter() - start
-    return row
+    return row, model, data
 
 
 def summarize_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -106,7 +109,7 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def run_replicates(cfg: dict[str, Any], models: Sequence[str], seeds: Sequence[int], out_dir: Path | None,
+def run_replicates(cfg: dict[str, Any], models: Sequence, seeds: Sequence[int], out_dir: Path | None,
                    progress: bool = False, outputs: bool = True,
                    log: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
     """Every network for every seed; returns (per-replicate rows, summary rows) and writes the tables."""
@@ -116,7 +119,7 @@ def run_replicates(cfg: dict[str, Any], models: Sequence[str], seeds: Sequence[i
     rows = []
     for seed in seeds:
         for name in models:
-            row = run_one(cfg, name, seed, out_dir, progress, outputs)
+            row = run_one(cfg, name, seed, out_dir, progress, outputs)[0]
             rows.append(row)
             log(f"  {row['model']:<12} seed {seed}: OA {100 * row['oa']:.2f}  AA {100 * row['aa']:.2f}  "
                 f"kappa {row['kappa']:.4f}  ({row['seconds']:.0f} s)")
