@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= test,export,detection,mmdet,sr,face
+EXTRAS ?= test,export,detection,mmdet,sr,face,rs
 
 .PHONY: demo test install clean bench
 

@@ -85,13 +85,18 @@ class RSDataSplits(DataSplits):
         return 1.0 - counts / counts.sum().clamp(min=1)
 
 
-class PatchDataset(Dataset):
-    """The `size` x `size` window around each pixel of a zero-padded cube, with the pixel's class (0-based)."""
+def pad_cube(cube: np.ndarray, size: int) -> torch.Tensor:
+    """The cube zero-padded by size // 2 on each side (shared by the datasets of one scene)."""
+    pad = size // 2
+    return F.pad(torch.from_numpy(np.ascontiguousarray(cube)), (pad, pad, pad, pad))
 
-    def __init__(self, cube: np.ndarray, rows: np.ndarray, cols: np.ndarray, targets: np.ndarray, size: int):
-        self.size = size
-        pad = size // 2
-        self.padded = F.pad(torch.from_numpy(np.ascontiguousarray(cube)), (pad, pad, pad, pad))
+
+class PatchDataset(Dataset):
+    """The `size` x `size` window around each pixel of a padded cube (`pad_cube`), with the pixel's class
+    (0-based)."""
+
+    def __init__(self, padded: torch.Tensor, rows: np.ndarray, cols: np.ndarray, targets: np.ndarray, size: int):
+        self.size, self.padded = size, padded
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         self.targets = torch.as_tensor(np.asarray(targets, np.int64))
 
@@ -275,12 +280,15 @@ def rs_files(sources: list, labels: Any = None, train_labels: Any = None, test_l
         raise ConfigError(f"data.source_names: {len(src_names)} names for {len(split)} sources")
 
     if mode == "patch":
+        padded = pad_cube(scene.cube, patch_size)
+        padded_test = padded if test_scene is scene else pad_cube(test_scene.cube, patch_size)
+
         def patches(cube, values):
             rows, cols = np.nonzero(values)
             return PatchDataset(cube, rows, cols, values[rows, cols] - 1, patch_size)
 
-        train_ds, val_ds, test_ds = (patches(scene.cube, train_final), patches(test_scene.cube, val_final),
-                                     patches(test_scene.cube, test_final))
+        train_ds, val_ds, test_ds = (patches(padded, train_final), patches(padded_test, val_final),
+                                     patches(padded_test, test_final))
         window = patch_size
     else:
         for s, k in ((scene, "data.sources"), (test_scene, "data.test_sources")):
@@ -327,4 +335,4 @@ def rs_embedded(scene_seed: int = 0, size: list | None = None, mode: str = "patc
                     test_pixels=test_pixels, normalize=normalize, seed=seed, title="rs_embedded")
 
 
-__all__ = ["PatchDataset", "RSDataSplits", "Scene", "TileDataset", "rs_embedded", "rs_files", "tile_corners"]
+__all__ = ["PatchDataset", "pad_cube", "RSDataSplits", "Scene", "TileDataset", "rs_embedded", "rs_files", "tile_corners"]

@@ -121,7 +121,7 @@ def _read_geotiff(path: str, bands: list[int] | None, key: str) -> Raster:
                 raise ConfigError(f"{key}.bands: {path} has bands 1..{src.count}, asked for {bad}")
             data = src.read(indexes).astype(np.float32)
             if src.nodata is not None:
-                data[data == src.nodata] = 0.0
+                data[np.isnan(data) if np.isnan(src.nodata) else data == src.nodata] = 0.0
             crs = src.crs if src.crs else None
             transform = src.transform if not src.transform.is_identity else None
     except RasterioIOError as err:

@@ -253,7 +253,7 @@ class RemoteSensingTask(Task):
         out = np.zeros((h, w), np.int64)
         if data.mode == "patch":
             size, pad = data.window, data.window // 2
-            padded = F.pad(cube, (pad, pad, pad, pad))
+            padded = data.test.padded  # the test scene's padded cube
             # all windows of one row band at a time, batched
             rows_per_batch = max(1, self.options.predict_batch // w)
             for r0 in range(0, h, rows_per_batch):
