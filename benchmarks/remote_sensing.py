@@ -45,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--search-budget", type=int, default=16, help="evaluated candidates")
     p.add_argument("--search-epochs", type=int, default=8)
     p.add_argument("--macs-limit", type=float, default=1.6e6)
+    p.add_argument("--models", nargs="+", default=["dgconv", "plain", "fgconv"], choices=["dgconv", "plain", "fgconv"])
     p.add_argument("--no-search", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="2 seeds, 4 epochs, budget 4 x 2 epochs")
@@ -63,22 +64,51 @@ def overrides(args) -> list[str]:
 
 
 def fastest(net, input_shape, batch: int, threads: int, rounds: int = 3, repeats: int = 30) -> float:
-    """The lowest of `rounds` median latencies (ms): a shared machine's load only ever adds time."""
+    """The lowest of `rounds` median latencies (ms) in PyTorch: a shared machine's load only ever adds time."""
     from core.cost import measure_latency
 
     return min(measure_latency(net, input_shape, batch, threads, warmup=3, repeats=repeats).median_ms
                for _ in range(rounds))
 
 
-def cost_rows(models: dict, input_shape, threads: int) -> list[dict]:
-    """Params, MACs and latency (batch 1 and a 512-patch batch) of each network, masked and derived static."""
+def onnx_latency(path: Path, input_shape, batch: int, threads: int, rounds: int = 3, repeats: int = 30) -> float:
+    """The same in onnxruntime (CPU provider, `threads` intra-op threads) for an exported model."""
+    import statistics
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(size=(batch, *input_shape)).astype(np.float32)
+    for _ in range(3):
+        session.run(None, {"input": x})
+    medians = []
+    for _ in range(rounds):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            session.run(None, {"input": x})
+            times.append(time.perf_counter() - t)
+        medians.append(1000 * statistics.median(times))
+    return min(medians)
+
+
+def cost_rows(models: dict, data, threads: int) -> list[dict]:
+    """Params, MACs and latency (batch 1 and a 512-patch batch; PyTorch and onnxruntime) of each network, masked
+    and derived static; for the static ones the largest output difference on 256 test patches (float32, and in
+    float64, where only the order of the additions differs) and the onnxruntime export check."""
+    import copy
+
     from core.cost import count_macs, count_params
     from core.engine.export import export_onnx
     from core.ops.static_groups import to_static
 
     rows = []
+    input_shape = data.input_shape
     example = torch.zeros(1, *input_shape)
-    probe = torch.randn(64, *input_shape)
+    probe = torch.stack([data.test[i][0] for i in range(0, len(data.test), max(1, len(data.test) // 256))][:256])
     for label, model in models.items():
         model.eval()
         variants = [(label, model)]
@@ -86,13 +116,21 @@ def cost_rows(models: dict, input_shape, threads: int) -> list[dict]:
             variants.append((f"{label} static", to_static(model).eval()))
         for name, net in variants:
             row = {"network": name, "params": count_params(net), "macs": count_macs(net, example),
-                   "latency_ms": fastest(net, input_shape, 1, threads),
-                   "batch512_ms": fastest(net, input_shape, 512, threads, repeats=5)}
+                   "torch_ms": fastest(net, input_shape, 1, threads),
+                   "torch512_ms": fastest(net, input_shape, 512, threads, repeats=5)}
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.onnx"
+                if name.endswith("static") or label in ("plain", "searched"):
+                    diff = export_onnx(net, example, path)
+                    row["ort_ms"] = onnx_latency(path, input_shape, 1, threads)
+                    row["ort512_ms"] = onnx_latency(path, input_shape, 512, threads, repeats=5)
+                    if name.endswith("static"):
+                        row["onnx_diff"] = diff
             if name.endswith("static"):
                 with torch.no_grad():
                     row["max_diff"] = float((net(probe) - model(probe)).abs().max())
-                with tempfile.TemporaryDirectory() as tmp:
-                    row["onnx_diff"] = export_onnx(net, example, Path(tmp) / "static.onnx")
+                    row["max_diff_f64"] = float((copy.deepcopy(net).double()(probe.double())
+                                                 - copy.deepcopy(model).double()(probe.double())).abs().max())
             rows.append(row)
     return rows
 
@@ -151,7 +189,7 @@ def main(argv=None) -> int:
 
     rows, first_models, groups = [], {}, []
     for seed in args.seeds:
-        for name in ("dgconv", "plain", "fgconv"):
+        for name in args.models:
             row, model, data = run_one(cfg, name, seed, None, progress=False, outputs=False)
             rows.append(row)
             first_models.setdefault(name, model)
@@ -159,8 +197,8 @@ def main(argv=None) -> int:
                 groups.append([r["blocks"] for r in group_report(model) if r["kind"] == "DGConv2d"])
             log(f"  {name:<7} seed {seed}: OA {100 * row['oa']:.2f}  AA {100 * row['aa']:.2f}  "
                 f"kappa {row['kappa']:.4f}  static params {row['static_params']:.0f}  ({row['seconds']:.0f} s)")
-    input_shape = data.input_shape
-    layer_names = [r["layer"] for r in group_report(first_models["dgconv"]) if r["kind"] == "DGConv2d"]
+    layer_names = ([r["layer"] for r in group_report(first_models["dgconv"]) if r["kind"] == "DGConv2d"]
+                   if "dgconv" in first_models else [])
 
     searched_rows, search_info = [], {}
     if not args.no_search:
@@ -175,7 +213,7 @@ def main(argv=None) -> int:
             log(f"  searched seed {seed}: OA {100 * row['oa']:.2f}  AA {100 * row['aa']:.2f}  "
                 f"kappa {row['kappa']:.4f}  ({row['seconds']:.0f} s)")
 
-    costs = cost_rows(first_models, input_shape, args.threads)
+    costs = cost_rows(first_models, data, args.threads)
     summary_rows = summarize_rows(rows + searched_rows)
     per_replicate = [{"model": r["model"], "seed": r["seed"], "oa": 100 * r["oa"], "aa": 100 * r["aa"],
                       "kappa": 100 * r["kappa"], "static_params": r["static_params"],
@@ -185,23 +223,29 @@ def main(argv=None) -> int:
     log(table(per_replicate, ["model", "seed", "oa", "aa", "kappa", "static_params", "static_macs"]))
     log("\nMean ± std over the replicates (params/MACs: as trained, and the derived static network, mean):")
     log(table(summary_rows, ["model", "runs", "params", "static_params", "macs", "static_macs", "oa", "aa", "kappa"]))
-    log(f"\nCosts of the first replicate's networks ({args.threads} thread(s); batch512 = 512 patches):")
-    log(table(costs, ["network", "params", "macs", "latency_ms", "batch512_ms", "max_diff", "onnx_diff"]))
-    mean_groups = [summarize([g[i] for g in groups])[0] for i in range(len(layer_names))]
-    log("\nLearned groups per DGConv layer (blocks of U), mean over the replicates:")
-    log(table([{"layer": n, "groups": g, "per_replicate": " ".join(str(x[i]) for x in groups)}
-               for i, (n, g) in enumerate(zip(layer_names, mean_groups))], ["layer", "groups", "per_replicate"]))
+    log(f"\nCosts of the first replicate's networks ({args.threads} thread(s); latency in ms at batch 1 and 512 "
+        "patches, PyTorch and onnxruntime; max_diff: static vs masked outputs on 256 test patches):")
+    log(table(costs, ["network", "params", "macs", "torch_ms", "torch512_ms", "ort_ms", "ort512_ms", "max_diff",
+                      "max_diff_f64", "onnx_diff"]))
+    if groups:
+        mean_groups = [summarize([g[i] for g in groups])[0] for i in range(len(layer_names))]
+        log("\nLearned groups per DGConv layer (blocks of U), mean over the replicates:")
+        log(table([{"layer": n, "groups": g, "per_replicate": " ".join(str(x[i]) for x in groups)}
+                   for i, (n, g) in enumerate(zip(layer_names, mean_groups))], ["layer", "groups", "per_replicate"]))
 
     stats = {r["model"]: r for r in summary_rows}
-    dg, plain, fg = stats["dgconv"], stats["plain"], stats["fgconv"]
-    log("\nTargets (the paper's findings):")
-    log(f"  DGConv mean OA >= plain:  {dg['oa_mean'] >= plain['oa_mean']}  ({100 * dg['oa_mean']:.2f} vs "
-        f"{100 * plain['oa_mean']:.2f})")
-    log(f"  DGConv mean OA >= FGConv: {dg['oa_mean'] >= fg['oa_mean']}  ({100 * dg['oa_mean']:.2f} vs "
-        f"{100 * fg['oa_mean']:.2f})")
-    log(f"  DGConv OA std < plain:    {dg['oa_std'] < plain['oa_std']}  ({100 * dg['oa_std']:.2f} vs "
-        f"{100 * plain['oa_std']:.2f})")
-    if search_info:
+    dg = stats.get("dgconv")
+    if dg is not None:
+        log("\nTargets (the paper's findings):")
+        for other, label in (("plain", "plain"), ("fgconv", "FGConv")):
+            if other in stats:
+                o = stats[other]
+                log(f"  DGConv mean OA >= {label + ':':<7} {dg['oa_mean'] >= o['oa_mean']}  "
+                    f"({100 * dg['oa_mean']:.2f} vs {100 * o['oa_mean']:.2f})")
+        if "plain" in stats:
+            log(f"  DGConv OA std < plain:    {dg['oa_std'] < stats['plain']['oa_std']}  "
+                f"({100 * dg['oa_std']:.2f} vs {100 * stats['plain']['oa_std']:.2f})")
+    if search_info and dg is not None:
         sr = stats["searched"]
         log(f"\nSearch: best {describe(best)}, validation OA {100 * search_info['best_val']['oa']:.2f} after "
             f"{args.search_epochs} epochs; {search_info['evaluations']} trained, {search_info['seconds']:.0f} s")
