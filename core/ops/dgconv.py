@@ -42,7 +42,9 @@ from per-source channel splits (`in_groups`, `out_groups`), the mask of a
 multi-stream network written as one convolution.
 
 Both keep the dense weight under `conv.weight`; `core.ops.static_groups`
-turns a trained one into a real grouped convolution.
+turns a trained one into a real grouped convolution. In eval mode a DGConv
+uses its mask as a constant, rebuilt only when the gates change (so no
+gradient reaches the gates there, and the masked network exports to ONNX).
 """
 
 from __future__ import annotations
@@ -143,9 +145,26 @@ class DGConv2d(nn.Module):
             self.register_buffer("group_mask", fixed)
         else:
             self.group_mask = None
+        self._eval_mask: torch.Tensor | None = None
+        self._eval_key: tuple | None = None
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, K={self.K}, mode={self.mode}, sort={self.sort}"
+
+    def train(self, mode: bool = True) -> "DGConv2d":
+        super().train(mode)
+        if not mode:
+            self.frozen_mask()  # ready before any tracing (ONNX export) starts
+        return self
+
+    def frozen_mask(self) -> torch.Tensor:
+        """The mask as a constant, recomputed only when the gates change (what eval mode uses)."""
+        key = (self.gate._version, self.gate.data_ptr(), self.gate.device)
+        if self._eval_key != key or self._eval_mask is None:
+            with torch.no_grad():
+                self._eval_mask = self.mask().detach()
+            self._eval_key = key
+        return self._eval_mask
 
     def hard_gates(self) -> torch.Tensor:
         """The gates as used in the forward pass, in {0, 1} (straight-through gradient)."""
@@ -172,7 +191,8 @@ class DGConv2d(nn.Module):
         return float(2 ** (self.K - float(self.hard_gates().detach().sum())))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.conv.weight * self.mask()[:, :, None, None]
+        mask = self.mask() if self.training else self.frozen_mask()
+        weight = self.conv.weight * mask[:, :, None, None]
         return F.conv2d(x, weight, self.conv.bias, self.conv.stride, self.conv.padding, self.conv.dilation)
 
 

@@ -149,3 +149,17 @@ def test_fgconv_block_mask_and_errors():
     assert torch.equal(FGConv2d(4, 6, 1).mask(), torch.ones(6, 4))
     with pytest.raises(ValueError, match="must sum to 66"):
         FGConv2d(66, 64, 3, in_groups=[60, 2], out_groups=[32, 32])
+
+
+def test_eval_mode_reuses_the_mask_until_the_gates_change(tmp_path):
+    m = layer_with([0.3, -0.2, 0.4], 8, 8, 3, padding=1).eval()
+    x = torch.randn(1, 8, 5, 5)
+    first = m(x)
+    assert torch.equal(m.frozen_mask(), m.mask().detach())
+    with torch.no_grad():
+        m.gate.mul_(-1)  # an in-place change (optimizer step, load_state_dict) rebuilds the mask
+    assert torch.equal(m.frozen_mask(), m.mask().detach()) and not torch.equal(m(x), first)
+    pytest.importorskip("onnxruntime")
+    from core.engine.export import export_onnx
+
+    assert export_onnx(m, x, tmp_path / "masked.onnx") < 1e-5

@@ -32,11 +32,12 @@ def test_train_then_test_writes_maps_plots_and_the_static_network(tmp_path, caps
     assert main(["train", RESNET, *TINY, f"run.dir={tmp_path}", "--no-progress"]) == 0
     run = _only(tmp_path / "embedded_resnet18", "*-train")
     assert main(["test", RESNET, f"test.checkpoint={run / 'model.pt'}", "--no-progress"]) == 0
+    assert main(["export", RESNET, f"export.checkpoint={run / 'model.pt'}", "--no-progress"]) == 0  # masked net
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert 0 <= metrics["oa"] <= 1 and 0 <= metrics["aa"] <= 1 and -1 <= metrics["kappa"] <= 1
     assert metrics["static_max_diff"] < 1e-5 and metrics["static_onnx_diff"] < 1e-5
     assert metrics["static_params"] < metrics["params"]
-    for name in ("class_map.png", "confusion_matrix.png", "groups_per_layer.png", "static_model.onnx"):
+    for name in ("class_map.png", "confusion_matrix.png", "groups_per_layer.png", "static_model.onnx", "model.onnx"):
         assert (run / name).stat().st_size > 0, name
     with rasterio.open(run / "class_map.tif") as out:
         classes = out.read(1)
