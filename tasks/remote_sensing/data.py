@@ -31,7 +31,8 @@ Which pixels train and which test:
 `val_per_class` pixels per class are drawn from the test side for validation
 (scoring candidates in a search) and left out of the test set unless
 `test_pixels: all`, which tests on every labelled pixel, training pixels
-included, as the official MUUFL evaluation does.
+included, as the official MUUFL evaluation does. `val_per_class: 0` validates
+on the test pixels: fine to monitor a fixed network, not to search with.
 """
 
 from __future__ import annotations
