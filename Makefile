@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= test,export,detection,mmdet,sr,face,translation
+EXTRAS ?= test,export,detection,mmdet,sr,face,translation,rs
 
 .PHONY: demo test test-fast install clean bench
 

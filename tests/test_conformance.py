@@ -31,6 +31,9 @@ CASES = {
     "face_recognition": ("configs/face_recognition/tpe_pocketnet.yaml", [
         "data.identities=6", "data.images_per_identity=4", "data.pairs=20", "data.image_size=16",
         "data.cache_dir={tmp}/faces", "space.C=4", "space.layers=3", "evaluator.epochs=1", "evaluator.batch_size=8"]),
+    "remote_sensing": ("configs/remote_sensing/search_evolution.yaml", [
+        "data.size=[48,64]", "data.train_per_class=12", "data.val_per_class=4", "space.width=8",
+        "evaluator.epochs=1", "evaluator.batch_size=16"]),
     "image_translation": ("configs/image_translation/unet_search.yaml", [
         "evaluator.steps=2", "evaluator.batch_size=4"]),
 }

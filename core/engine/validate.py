@@ -74,7 +74,7 @@ FIXED_RANGES: dict[str, Bound] = {
     "train.num_workers": _int_at_least(0),
     "train.log_every_n_steps": _int_at_least(1),
     "train.optimizer": _one_of("sgd", "adam", "adamw"),
-    "train.scheduler": _one_of("cosine", "none"),
+    "train.scheduler": _one_of("cosine", "none", "multistep"),  # multistep: tasks that define one (remote sensing)
     "test.batch_size": _int_at_least(1),
     "export.opset": _int_at_least(7),
     "export.atol": _positive(),
