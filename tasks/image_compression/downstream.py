@@ -54,7 +54,7 @@ def _batch_metrics(output: torch.Tensor, target: torch.Tensor) -> dict[str, floa
 
 def train_classifier(model: nn.Module, labelled: Labelled, run_dir: Path, epochs: int = 12, batch_size: int = 64,
                      lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
-                     progress: bool = False) -> Classifier:
+                     progress: bool = False, accelerator: str = "cpu") -> Classifier:
     """Train `model` (logits over `labelled.classes`) on `labelled.train` with Lightning; returns it wrapped."""
     import lightning as L
 
@@ -64,14 +64,14 @@ def train_classifier(model: nn.Module, labelled: Labelled, run_dir: Path, epochs
     L.seed_everything(seed, verbose=False)
     classifier = Classifier(model)
     cfg = {"epochs": epochs, "optimizer": "sgd", "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-           "scheduler": "cosine", "grad_clip": 5.0, "accelerator": "cpu", "devices": 1, "strategy": "auto",
+           "scheduler": "cosine", "grad_clip": 5.0, "accelerator": accelerator, "devices": 1, "strategy": "auto",
            "precision": "32-true", "log_every_n_steps": 10}
     module = SupervisedModule(classifier, classification_loss, _batch_metrics, cfg)
     g = torch.Generator().manual_seed(seed)
     train = DataLoader(_FloatImages(labelled.train, augment=True), batch_size=batch_size, shuffle=True, generator=g)
     val = DataLoader(_FloatImages(labelled.val), batch_size=256)
     make_trainer(cfg, run_dir, progress=progress).fit(module, train, val)
-    return classifier.eval()
+    return classifier.cpu().eval()
 
 
 def embedded_classifier(labelled: Labelled, progress: bool = False) -> Classifier:
