@@ -19,6 +19,7 @@ images as (3, H, W) uint8 tensors (the codec and the metrics see the original 8-
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ EMBEDDED_VAL = ("rocket",)
 EMBEDDED_TEST = ("astronaut", "chelsea", "coffee")
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "ring", "star")
+SHAPES_VERSION = 2  #: bumped whenever the drawing changes, so cached sets are redrawn
 
 
 def _to_uint8_rgb(img: np.ndarray) -> np.ndarray:
@@ -56,9 +58,11 @@ def _to_uint8_rgb(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, :3])
 
 
+@functools.lru_cache(maxsize=32)
 def embedded_photo(name: str) -> np.ndarray:
     """A bundled photograph as (H, W, 3) uint8: scikit-image's `skimage.data.<name>`, scikit-learn's
-    `china` / `flower`, or `motorcycle` (the left view of `skimage.data.stereo_motorcycle`)."""
+    `china` / `flower`, or `motorcycle` (the left view of `skimage.data.stereo_motorcycle`). Cached per
+    process; treat the array as read-only."""
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
 
@@ -220,20 +224,22 @@ def _shape_polygon(cls: str, cx: float, cy: float, r: float, angle: float) -> li
     raise ValueError(cls)
 
 
-def draw_shape_image(rng: np.random.Generator, photos: Sequence[np.ndarray], size: int = 64,
-                     supersample: int = 4) -> tuple[np.ndarray, int]:
-    """One labelled image: a crop of a photograph (resized to `size`) with one antialiased shape on it."""
-    from PIL import Image, ImageDraw
+def draw_shape_image(rng: np.random.Generator, photos: Sequence[np.ndarray], label: int, size: int = 64,
+                     supersample: int = 4) -> np.ndarray:
+    """One image of class `label`: a softened crop of a photograph (resized to `size`) with one antialiased
+    shape of random size, position, angle and colour on it."""
+    from PIL import Image, ImageDraw, ImageFilter
 
     photo = photos[int(rng.integers(len(photos)))]
     h, w = photo.shape[:2]
     side = int(rng.integers(size, max(size + 1, min(h, w, 3 * size)) + 1))
     top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     background = Image.fromarray(photo[top:top + side, left:left + side]).resize((size, size), Image.BICUBIC)
-    label = int(rng.integers(len(SHAPE_CLASSES)))
+    # softened, so the shape stands out from the photograph's texture (the shape's edges carry the class)
+    background = background.filter(ImageFilter.GaussianBlur(float(rng.uniform(1.0, 2.5))))
     cls = SHAPE_CLASSES[label]
     big = size * supersample
-    r = rng.uniform(0.09, 0.2) * big
+    r = rng.uniform(0.12, 0.24) * big
     cx, cy = rng.uniform(r * 1.25, big - r * 1.25, 2)
     angle = rng.uniform(0, 2 * math.pi)
     mask = Image.new("L", (big, big), 0)
@@ -250,15 +256,16 @@ def draw_shape_image(rng: np.random.Generator, photos: Sequence[np.ndarray], siz
     base = np.asarray(background, dtype=np.float32)
     mean = base.reshape(-1, 3).mean(0)
     colour = rng.uniform(0, 255, 3)
-    if np.abs(colour - mean).max() < 50:  # keep the shape visible against the background
-        colour = np.where(mean > 127, mean - 90, mean + 90)
+    if np.abs(colour - mean).max() < 70:  # keep the shape visible against the background
+        colour = np.where(mean > 127, mean - 110, mean + 110)
     out = base * (1 - alpha) + colour * alpha + rng.normal(0, 3.0, base.shape)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8), label
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def generate_shapes(root: str | Path, counts: dict[str, int], size: int = 64, seed: int = 0,
                     photos: Sequence[str] = EMBEDDED_TRAIN) -> Path:
-    """Write the shapes set as `root/<split>/<class>/<index>.png` (deterministic for a seed), then `root/DONE`."""
+    """Write the shapes set as `root/<split>/<class>/<index>.png` (deterministic for a seed; classes in turn,
+    so they are balanced), then `root/DONE`."""
     from PIL import Image
 
     root = Path(root)
@@ -268,24 +275,30 @@ def generate_shapes(root: str | Path, counts: dict[str, int], size: int = 64, se
         for c in SHAPE_CLASSES:
             (root / split / c).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            array, label = draw_shape_image(rng, images, size)
+            label = i % len(SHAPE_CLASSES)
+            array = draw_shape_image(rng, images, label, size)
             Image.fromarray(array).save(root / split / SHAPE_CLASSES[label] / f"{i:05d}.png")
-    atomic_write_text(root / "DONE", json.dumps({"counts": counts, "size": size, "seed": seed}))
+    atomic_write_text(root / "DONE", json.dumps(_shapes_meta(counts, size, seed)))
     return root
 
 
-def shapes(root: str | Path | None = None, size: int = 64, train: int = 1200, val: int = 300, test: int = 300,
+def _shapes_meta(counts: dict[str, int], size: int, seed: int) -> dict:
+    return {"counts": counts, "size": size, "seed": seed, "version": SHAPES_VERSION}
+
+
+def shapes(root: str | Path | None = None, size: int = 64, train: int = 3000, val: int = 300, test: int = 300,
            seed: int = 0) -> Labelled:
     """The generated labelled set (written on first use, then read back as an ImageFolder)."""
     counts = {"train": train, "val": val, "test": test}
     for key, n in counts.items():
-        if not isinstance(n, int) or n < 1:
-            raise ConfigError(f"data.downstream.{key}: expected a positive number of images, got {n!r}")
+        if not isinstance(n, int) or n < len(SHAPE_CLASSES):
+            raise ConfigError(f"data.downstream.{key}: expected at least {len(SHAPE_CLASSES)} images (one per class), "
+                              f"got {n!r}")
     if size < 32:
         raise ConfigError(f"data.downstream.size: expected >= 32 pixels, got {size!r}")
     base = Path(root).expanduser() if root else \
-        cache_dir("image_compression") / f"shapes-{size}px-{train}-{val}-{test}-s{seed}"
-    meta = {"counts": counts, "size": size, "seed": seed}
+        cache_dir("image_compression") / f"shapes-v{SHAPES_VERSION}-{size}px-{train}-{val}-{test}-s{seed}"
+    meta = _shapes_meta(counts, size, seed)
     done = base / "DONE"
     if not done.is_file() or json.loads(done.read_text()) != meta:
         generate_shapes(base, counts, size, seed)
@@ -337,11 +350,11 @@ def compression_folders(train: str, test: str, val: str | None = None, patch_siz
         return [read_image(p) for p in paths], [p.stem for p in paths]
 
     train_images, _ = load(train, "data.train")
-    test_split = load(test, "data.test")
-    val_split = load(val, "data.val") if val else test_split
+    test_images = Images(*load(test, "data.test"))
+    val_images = Images(*load(val, "data.val")) if val else test_images
     return CompressionData(
         name=Path(train).expanduser().name, train=Crops(train_images, patch_size, samples_per_epoch),
-        val=Images(*val_split), test=Images(*test_split), num_classes=0, input_shape=(3, patch_size, patch_size),
+        val=val_images, test=test_images, num_classes=0, input_shape=(3, patch_size, patch_size),
         downstream=_downstream(downstream, embedded=False))
 
 
