@@ -224,6 +224,10 @@ class GaussianConditional(nn.Module):
 
     @staticmethod
     def _standard_cumulative(x: torch.Tensor) -> torch.Tensor:
+        """Phi(x) as 0.5 erfc(-x / sqrt 2), exact in the lower tail where the likelihood is evaluated; ONNX has
+        no Erfc, so an export writes 0.5 (1 + erf(x / sqrt 2)) (equal up to rounding in the far tail)."""
+        if torch.onnx.is_in_onnx_export():
+            return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
         return 0.5 * torch.erfc(-x / math.sqrt(2.0))
 
     def likelihood(self, y_hat: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

@@ -44,11 +44,13 @@ def psnr_uint8(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def ms_ssim_scales(height: int, width: int, kernel: int = MS_SSIM_KERNEL) -> int:
-    """How many MS-SSIM scales an image of this size allows (the smallest must be larger than the window)."""
-    scales = 0
-    while scales < len(MS_SSIM_WEIGHTS) and min(height, width) / 2 ** scales > kernel - 1:
-        scales += 1
-    return max(scales, 1)
+    """How many MS-SSIM scales an image of this size allows: the coarsest must still hold the window, and
+    torchmetrics' own check (`side // (scales - 1)^2 > kernel - 1`) must pass."""
+    side = min(height, width)
+    scales = len(MS_SSIM_WEIGHTS)
+    while scales > 1 and not (side // max(1, scales - 1) ** 2 > kernel - 1 and side / 2 ** (scales - 1) >= kernel):
+        scales -= 1
+    return scales
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:

@@ -36,6 +36,9 @@ class _LowerBound(torch.autograd.Function):
 
 
 def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """max(x, bound); its special gradient only where one is taken (plain clamp otherwise: traceable, exportable)."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.clamp(x, min=bound)
     return _LowerBound.apply(x, torch.tensor(bound, dtype=x.dtype, device=x.device))
 
 

@@ -99,7 +99,9 @@ class ImageCompressionTask(Task):
     # -- components ------------------------------------------------------------------------------------
     def data(self) -> CompressionData:
         section = self.cfg.get("data") or {"name": "compression_embedded"}
-        return DATASETS.build(section, "data")
+        data = DATASETS.build(section, "data")
+        data.input_shape = (3, *(int(v) for v in self.options.cost_size))  # what costs and profiles are taken at
+        return data
 
     def build_context(self, data: CompressionData) -> dict[str, Any]:
         return {"cost_size": [int(v) for v in self.options.cost_size]}
