@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= test,export,detection,mmdet,sr,face,translation,rs
+EXTRAS ?= test,export,detection,mmdet,sr,face,translation,rs,compress,dist
 
 .PHONY: demo test test-fast install clean bench
 

@@ -31,6 +31,12 @@ CASES = {
     "face_recognition": ("configs/face_recognition/tpe_pocketnet.yaml", [
         "data.identities=6", "data.images_per_identity=4", "data.pairs=20", "data.image_size=16",
         "data.cache_dir={tmp}/faces", "space.C=4", "space.layers=3", "evaluator.epochs=1", "evaluator.batch_size=8"]),
+    "image_compression": ("configs/image_compression/search_hyperprior.yaml", [
+        "data.patch_size=32", "data.samples_per_epoch=8", "data.train=[coins]", "data.val=[text]",
+        "data.test=[text]", "data.downstream={size: 32, train: 12, val: 6, test: 6}",
+        "image_compression.classifier={name: resnet18, kwargs: {num_classes: 6}}",
+        "image_compression.cost_size=[64,64]", "space.channels=[8]", "space.latent_channels=[8,12]",
+        "space.depth=[2]", "space.hyper_channels=[8]", "evaluator.lambdas=[0.005,0.05]", "evaluator.steps=3"]),
     "remote_sensing": ("configs/remote_sensing/search_evolution.yaml", [
         "data.size=[48,64]", "data.train_per_class=12", "data.val_per_class=4", "space.width=8",
         "evaluator.epochs=1", "evaluator.batch_size=16"]),
