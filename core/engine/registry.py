@@ -108,3 +108,5 @@ EVALUATORS = Registry("evaluator")
 DATASETS = Registry("dataset")
 MODELS = Registry("model")
 TASKS = Registry("task")
+#: special layers a space builds by name from its config (`core.ops`): regularizers, quantized and epitome convs
+OPS = Registry("operator")

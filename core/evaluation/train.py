@@ -137,6 +137,9 @@ class TrainEvaluator(Evaluator):
                               weight_decay=self.weight_decay, nesterov=self.momentum > 0)
         steps = max(1, self.epochs * len(loader))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        for m in model.modules():  # scheduled layers (Disout's linear schedule) learn the run's length
+            if hasattr(m, "set_total_steps"):
+                m.set_total_steps(steps)
         resize = self._resize()
         model.train()
         for epoch in range(self.epochs):

@@ -7,3 +7,4 @@ from core.spaces.netadapt import NetAdaptSpace  # noqa: F401
 from core.spaces.cell201 import Cell201Space  # noqa: F401
 from core.spaces.compression import CompressionSpace  # noqa: F401  (also registers the compression evaluator)
 from core.spaces.nsc import NSCSpace  # noqa: F401
+from core.spaces.resnet import ResNetSpace  # noqa: F401
