@@ -5,3 +5,5 @@ Importing this package registers the operators a config can name in `core.engine
 
 from core.ops.ordered_dropout import OrderedBatchNorm2d, OrderedConv2d, OrderedDropout, OrderedLinear  # noqa: F401
 from core.ops.disout import Disout, LinearSchedule, bind_weight_behind, set_total_steps  # noqa: F401
+from core.ops.quant import BinaryConv2d, QuantConv2d, bit_operations, weight_bits  # noqa: F401
+from core.ops.squeeze import squeeze_blocks  # noqa: F401

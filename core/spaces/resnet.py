@@ -30,6 +30,14 @@ Every Disout takes its distortion scale from the next convolution in
 module-registration order, projection shortcuts passed over
 (`core.ops.disout.bind_weight_behind`), which is the official pairing.
 
+Quantized networks (cifar style): `conv: {name: binary_conv}` (or
+`kbit_conv` with `bits`) makes the two 3x3 convolutions of every block
+quantized, the stem, the projection shortcuts and the classifier staying
+full precision; `widen: w` makes the quantized features between a block's
+two convolutions w times wider than the residual stream, the widening of
+Liu et al., "Widening and Squeezing" (see `core.ops.squeeze`, which also
+squeezes them back).
+
 The search choices are the blocks per stage (`stage{i}.depth`, options from
 `depths`); by default each stage has one option, so the space is one network.
 """
@@ -56,18 +64,27 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv-[reg]-BN-ReLU-conv-[reg] + shortcut (Disout's CIFAR `BasicBlock_disout`)."""
+    """BN-ReLU-conv-[reg]-BN-ReLU-conv-[reg] + shortcut (Disout's CIFAR `BasicBlock_disout`).
 
-    def __init__(self, cin: int, cout: int, stride: int, make_reg=None):
+    `make_conv(cin, cout, kernel, stride)` builds the two 3x3 convolutions
+    (default `nn.Conv2d`); a binary convolution binarizes its own input, so
+    the ReLU before it is left out. `mid` is the width between the two
+    convolutions (`cout` unless widened).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, make_reg=None, make_conv=None, mid: int | None = None):
         super().__init__()
+        mid = mid or cout
+        make_conv = make_conv or (lambda i, o, k, s: nn.Conv2d(i, o, k, s, k // 2, bias=False))
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
         self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = _conv3x3(cin, cout, stride)
+        self.conv1 = make_conv(cin, mid, 3, stride)
         self.reg1 = make_reg() if make_reg else nn.Identity()
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = _conv3x3(cout, cout)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv2 = make_conv(mid, cout, 3, 1)
         self.reg2 = make_reg() if make_reg else nn.Identity()
-        self.relu = nn.ReLU(inplace=True)
+        binary = getattr(self.conv1, "act_bits", None) == 1
+        self.relu = nn.Identity() if binary else nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.shortcut(x) if self.shortcut is not None else x
@@ -140,7 +157,7 @@ class ResNetSpace(SearchSpace):
     def __init__(self, style: str = "cifar", depth: int | None = None, depths: list | None = None,
                  widths: list[int] | None = None, width_multiplier: int = 1, num_classes: int = 10,
                  in_channels: int = 3, regularizer: dict | None = None, regularized_stages: list[int] | None = None,
-                 regularizer_scales: list[float] | None = None):
+                 regularizer_scales: list[float] | None = None, conv: dict | None = None, widen: float = 1.0):
         if style not in STYLES:
             raise ConfigError(f"style: expected one of {', '.join(STYLES)}, got {style!r}")
         self.style = style
@@ -169,6 +186,14 @@ class ResNetSpace(SearchSpace):
             raise ConfigError(f"regularizer_scales: expected one scale per regularized stage "
                               f"({len(self.regularized_stages)}), got {regularizer_scales!r}")
         self.regularizer_scales = [float(s) for s in regularizer_scales]
+        self.conv = dict(conv) if conv else None
+        if self.conv is not None:
+            if style != "cifar":
+                raise ConfigError("conv: quantized convolutions are offered in the cifar style only")
+            OPS.build(self.conv, "space.conv", in_channels=1, out_channels=1)
+        if not isinstance(widen, (int, float)) or widen < 1:
+            raise ConfigError(f"widen: expected a factor >= 1, got {widen!r}")
+        self.widen = float(widen)
         super().__init__([Choice(f"stage{i}.depth", d) for i, d in enumerate(self.depths)])
 
     def _depths(self, depth: int | None, depths: list | None, n_stages: int) -> list[tuple[int, ...]]:
@@ -198,6 +223,12 @@ class ResNetSpace(SearchSpace):
         scale = self.regularizer_scales[self.regularized_stages.index(stage)]
         return lambda: OPS.build(self.regularizer, "space.regularizer", rate_scale=scale)
 
+    def _make_conv(self):
+        if self.conv is None:
+            return None
+        return lambda cin, cout, k, stride: OPS.build(self.conv, "space.conv", in_channels=cin, out_channels=cout,
+                                                      kernel_size=k, stride=stride)
+
     def build(self, arch: Mapping[str, Any], num_classes: int | None = None, channel_divisor: float = 1,
               **_: Any) -> ResNet:
         arch = self.check(arch)
@@ -210,8 +241,9 @@ class ResNetSpace(SearchSpace):
             cin = widths[0]
             for i, (w, d) in enumerate(zip(widths, depths)):
                 make_reg = self._make_reg(i)
-                blocks = [PreActBlock(cin if j == 0 else w, w, 2 if (j == 0 and i > 0) else 1, make_reg)
-                          for j in range(d)]
+                mid = max(1, round(w * self.widen))
+                blocks = [PreActBlock(cin if j == 0 else w, w, 2 if (j == 0 and i > 0) else 1, make_reg,
+                                      self._make_conv(), mid) for j in range(d)]
                 stages.append(nn.Sequential(*blocks))
                 cin = w
             head = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
