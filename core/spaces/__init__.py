@@ -8,3 +8,5 @@ from core.spaces.cell201 import Cell201Space  # noqa: F401
 from core.spaces.compression import CompressionSpace  # noqa: F401  (also registers the compression evaluator)
 from core.spaces.nsc import NSCSpace  # noqa: F401
 from core.spaces.resnet import ResNetSpace  # noqa: F401
+from core.spaces.hournas import hournas_space  # noqa: F401
+from core.spaces.pnasnet import PNASSpace  # noqa: F401

@@ -73,15 +73,30 @@ def conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: i
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation (Hu et al., CVPR 2018): channel gates from globally pooled features."""
 
-    def __init__(self, channels: int, reduced: int, act: str):
+    def __init__(self, channels: int, reduced: int, act: str, bias: bool = True):
         super().__init__()
-        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.reduce = nn.Conv2d(channels, reduced, 1, bias=bias)
         self.act = make_activation(act)
-        self.expand = nn.Conv2d(reduced, channels, 1)
+        self.expand = nn.Conv2d(reduced, channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.expand(self.act(self.reduce(x.mean((2, 3), keepdim=True))))
         return x * torch.sigmoid(gate)
+
+
+def pointwise_bn_act(in_ch: int, out_ch: int, pointwise: tuple, dim: str, act: str | None = None) -> nn.Sequential:
+    """A 1x1 conv (+ BN, activation) built by the operator `pointwise` names (`core.engine.registry.OPS`):
+    `(("name", "epitome_conv"), ("multiplier", 2), ...)`; `dim` tells it whether the conv expands ("out")
+    or projects ("in")."""
+    from core.engine.registry import OPS
+
+    spec = dict(pointwise)
+    extra = {"dim": dim} if spec.get("name") == "epitome_conv" else {}
+    layers = [OPS.build(spec, "space.pointwise", in_channels=in_ch, out_channels=out_ch, **extra),
+              nn.BatchNorm2d(out_ch)]
+    if act:
+        layers.append(make_activation(act))
+    return nn.Sequential(*layers)
 
 
 class InvertedResidual(nn.Module):
@@ -89,17 +104,24 @@ class InvertedResidual(nn.Module):
 
     Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018;
     with SE and drop-connect as in Tan & Le, "EfficientNet", ICML 2019. Expansion 1
-    has no expand conv (the MB1 block of both papers).
+    has no expand conv (the MB1 block of both papers) unless `expand_always` (HourNAS's
+    released code keeps it). `pointwise` (an operator spec, see `pointwise_bn_act`) replaces
+    both 1x1 convs, e.g. by epitome convs.
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, kernel: int, expansion: float,
-                 se_channels: int = 0, act: str = "relu6", drop_connect: float = 0.0):
+                 se_channels: int = 0, act: str = "relu6", drop_connect: float = 0.0, se_bias: bool = True,
+                 expand_always: bool = False, pointwise: tuple = ()):
         super().__init__()
         mid = int(round(in_ch * expansion))
-        self.expand = conv_bn_act(in_ch, mid, 1, act=act) if mid != in_ch else nn.Identity()
+        if pointwise:
+            self.expand = (pointwise_bn_act(in_ch, mid, pointwise, "out", act) if mid != in_ch or expand_always
+                           else nn.Identity())
+        else:
+            self.expand = conv_bn_act(in_ch, mid, 1, act=act) if mid != in_ch or expand_always else nn.Identity()
         self.depthwise = conv_bn_act(mid, mid, kernel, stride, groups=mid, act=act)
-        self.se = SqueezeExcite(mid, se_channels, act) if se_channels else nn.Identity()
-        self.project = conv_bn_act(mid, out_ch, 1)
+        self.se = SqueezeExcite(mid, se_channels, act, se_bias) if se_channels else nn.Identity()
+        self.project = pointwise_bn_act(mid, out_ch, pointwise, "in") if pointwise else conv_bn_act(mid, out_ch, 1)
         self.use_residual = stride == 1 and in_ch == out_ch
         self.drop_connect = drop_connect
 
@@ -200,13 +222,17 @@ class LayerPlan:
     se_channels: int = 0
     act: str = "relu6"
     drop: float = 0.0  # drop-connect for mb, dropout for the classifier
+    se_bias: bool = True
+    expand_always: bool = False
+    pointwise: tuple = ()  # an operator spec for the 1x1 convs of mb layers, as sorted (key, value) pairs
 
     def make(self) -> nn.Module:
         if self.kind == "conv":
             return conv_bn_act(self.in_ch, self.out_ch, self.kernel, self.stride, act=self.act)
         if self.kind == "mb":
             return InvertedResidual(self.in_ch, self.out_ch, self.stride, self.kernel, self.expansion,
-                                    self.se_channels, self.act, self.drop)
+                                    self.se_channels, self.act, self.drop, self.se_bias, self.expand_always,
+                                    self.pointwise)
         if self.kind == "skip":
             return nn.Identity()
         return ClassifierHead(self.in_ch, self.out_ch, self.drop)
@@ -215,8 +241,10 @@ class LayerPlan:
         """Latency-table key: everything that changes the op's cost (not dropout rates)."""
         res = f"r{height}x{width}"
         if self.kind == "mb":
+            variant = ("" if self.se_bias else "_senobias") + ("_expand" if self.expand_always else "") + \
+                "".join(f"_{k}-{v}" for k, v in self.pointwise)
             return (f"mb_i{self.in_ch}_o{self.out_ch}_e{self.expansion:g}_k{self.kernel}_s{self.stride}"
-                    f"_se{self.se_channels}_{self.act}_{res}")
+                    f"_se{self.se_channels}_{self.act}{variant}_{res}")
         if self.kind == "conv":
             return f"conv_i{self.in_ch}_o{self.out_ch}_k{self.kernel}_s{self.stride}_{self.act}_{res}"
         return f"{self.kind}_i{self.in_ch}_o{self.out_ch}_{res}"
@@ -338,6 +366,21 @@ def _first_block_config(cfg: Any) -> dict | None:
     return out
 
 
+def _pointwise_config(spec: Mapping | None) -> tuple:
+    """Validate an operator spec for the 1x1 convs now (name and keys); store it as sorted (key, value) pairs."""
+    if not spec:
+        return ()
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise ConfigError(f"pointwise: expected null or a mapping with a name (an operator), got {spec!r}")
+    from core.engine.registry import OPS
+
+    import core.ops  # noqa: F401  (registers the operators)
+
+    extra = {"dim": "out"} if spec["name"] == "epitome_conv" else {}
+    OPS.build(dict(spec), "space.pointwise", in_channels=2, out_channels=2, **extra)
+    return tuple(sorted((str(k), v) for k, v in spec.items()))
+
+
 # ---------------------------------------------------------------------------------------------
 # the space
 # ---------------------------------------------------------------------------------------------
@@ -366,6 +409,14 @@ class MobileSpace(SearchSpace):
     with block index as in EfficientNet. The defaults are EfficientNet-B0's
     skeleton (Tan & Le, 2019) with searchable depths, kernels {3,5,7} and
     expansions {1,3,6}.
+
+    Variants for published networks and operators: `se_base: mid` sizes SE
+    on the expanded width instead of the block input (HourNAS's
+    `se_reduce_mid`), `se_bias: false` drops the SE convs' biases,
+    `expand_always` keeps the 1x1 expand conv at expansion 1, and `pointwise`
+    names an operator of `core.engine.registry.OPS` for every MBConv's 1x1
+    expand and project convs (`{name: epitome_conv, multiplier: 2, sampling:
+    learned}`: Neural Epitome Search).
     """
 
     def __init__(self, stem_channels: int = 32, stages: Sequence[Mapping] | None = None,
@@ -373,7 +424,8 @@ class MobileSpace(SearchSpace):
                  allow_skip: bool = True, se_ratio: float = 0.25, activation: str = "swish",
                  head_channels: int = 1280, num_classes: int = 1000, in_channels: int = 3,
                  dropout: float = 0.2, drop_connect: float = 0.0, stem_stride: int = 2,
-                 first_block: Mapping | None = DEFAULT_FIRST_BLOCK):
+                 first_block: Mapping | None = DEFAULT_FIRST_BLOCK, se_base: str = "in", se_bias: bool = True,
+                 expand_always: bool = False, pointwise: Mapping | None = None):
         self.stem_channels = _positive_int("stem_channels", stem_channels)
         self.kernels = _odd_kernels("kernels", kernels)
         self.expansions = _expansions("expansions", expansions)
@@ -388,6 +440,10 @@ class MobileSpace(SearchSpace):
         self.head_channels, self.num_classes, self.in_channels = head_channels, num_classes, in_channels
         self.dropout, self.drop_connect, self.stem_stride = float(dropout), float(drop_connect), stem_stride
         self.first_block = _first_block_config(first_block)
+        if se_base not in ("in", "mid"):
+            raise ConfigError(f"se_base: expected 'in' (block input width) or 'mid' (expanded width), got {se_base!r}")
+        self.se_base, self.se_bias, self.expand_always = se_base, bool(se_bias), bool(expand_always)
+        self.pointwise = _pointwise_config(pointwise)
         super().__init__([c for i, stage in enumerate(self.stages) for c in self._stage_choices(i, stage)])
 
     @staticmethod
@@ -441,23 +497,29 @@ class MobileSpace(SearchSpace):
         stage = self.stages[i]
         return arch[f"stage{i}.width"] if len(stage.channels) > 1 else stage.channels[0]
 
-    def _se(self, in_ch: int, ratio: float | None = None) -> int:
+    def _se(self, in_ch: int, ratio: float | None = None, expansion: float = 1) -> int:
         ratio = self.se_ratio if ratio is None else ratio
-        return max(1, int(in_ch * ratio)) if ratio > 0 else 0
+        base = int(round(in_ch * expansion)) if self.se_base == "mid" else in_ch
+        return max(1, int(base * ratio)) if ratio > 0 else 0
+
+    def _variant(self) -> dict[str, Any]:
+        return {"se_bias": self.se_bias, "expand_always": self.expand_always, "pointwise": self.pointwise}
 
     def _mb(self, in_ch: int, out_ch: int, stride: int, op: str, drop: float) -> LayerPlan:
         parsed = parse_op(op)
         if parsed is None:
             return LayerPlan("skip", in_ch, out_ch, act=self.activation)
         expansion, kernel = parsed
-        return LayerPlan("mb", in_ch, out_ch, kernel, stride, expansion, self._se(in_ch), self.activation, drop)
+        return LayerPlan("mb", in_ch, out_ch, kernel, stride, expansion, self._se(in_ch, expansion=expansion),
+                         self.activation, drop, **self._variant())
 
     def _first_plan(self, in_ch: int, divisor: float) -> LayerPlan | None:
         fb = self.first_block
         if fb is None:
             return None
         return LayerPlan("mb", in_ch, scale_width(fb["channels"], divisor), fb["kernel"], fb["stride"],
-                         fb["expansion"], self._se(in_ch, fb.get("se_ratio")), self.activation)
+                         fb["expansion"], self._se(in_ch, fb.get("se_ratio"), fb["expansion"]), self.activation,
+                         **self._variant())
 
     def plan(self, arch: Mapping[str, Any], channel_divisor: float = 1, num_classes: int | None = None,
              drop_connect: float | None = None, widest: bool = False) -> NetPlan:

@@ -41,8 +41,11 @@ class ClassificationTask(Task):
             if not bounds:
                 raise ConfigError(f"retrain.baselines: {name!r} needs a 'macs <= N' constraint in objective.constraints")
             return BUDGET_BASELINES[name](space, min(bounds), data.input_shape)
+        named = getattr(space, "named_archs", {})  # published architectures a space holds (hournas_f, pnasnet5)
+        if name in named:
+            return named[name]
         if name not in BASELINES:
-            known = sorted(BASELINES) + sorted(BUDGET_BASELINES)
+            known = sorted(BASELINES) + sorted(BUDGET_BASELINES) + sorted(named)
             raise ConfigError(f"retrain.baselines: unknown baseline {name!r}; known: {', '.join(known)}")
         return BASELINES[name](space)
 
