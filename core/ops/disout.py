@@ -200,9 +200,11 @@ def make_dropout(p: float = 0.09, steps: int = 0, rate_scale: float = 1.0) -> Li
 
 
 @OPS.register("dropblock")
-def make_dropblock(p: float = 0.09, block_size: int = 6, steps: int = 0, rate_scale: float = 1.0) -> LinearSchedule:
-    """torchvision's DropBlock2d (Ghiasi et al., NeurIPS 2018) under the same linear schedule."""
+def make_dropblock(p: float = 0.09, block_size: int = 5, steps: int = 0, rate_scale: float = 1.0) -> LinearSchedule:
+    """torchvision's DropBlock2d (Ghiasi et al., NeurIPS 2018) under the same linear schedule (odd blocks only)."""
     from torchvision.ops import DropBlock2d
 
+    if not isinstance(block_size, int) or block_size < 1 or block_size % 2 == 0:
+        raise ConfigError(f"block_size: torchvision's DropBlock2d takes an odd block size, got {block_size!r}")
     target = _check_rate("p", p) * rate_scale
     return LinearSchedule(DropBlock2d(target, block_size), "p", target, steps)

@@ -25,7 +25,8 @@ interpolation between the two neighbouring positions when s_i is fractional,
 - `learned`: s_i = c_i * index_range, where c comes from NES's learner
   branch (the released code's layers: 3x3 stride-2 conv, BN, ReLU6, 1x1
   conv to r channels, global average pooling, mean over the batch, L2
-  normalisation; the code's BN after the 1x1 conv is left out, see below). During training the indices come from the current batch
+  normalisation; the 3x3 conv made depthwise and the BN after the 1x1 conv
+  left out, see below). During training the indices come from the current batch
   and a running mean of them (momentum 0.1) is kept as the routing map;
   evaluation uses the routing map, so the learner is training-only and is
   not counted in the inference parameters (`inference_parameters`).
@@ -40,8 +41,11 @@ multiplier 2 this is the released code's trick (repeating along input
 channels = summing the input halves), and it halves the layer's
 multiply-adds. MACs counted by `torch.utils.flop_counter` reflect this.
 
-Deviation in the learner (read in the code): the released learner ends
-with a BatchNorm after the 1x1 conv. In training mode the batch mean of
+Deviations in the learner (read in the code): the released learner's 3x3
+conv is dense, C_in x C_in x 9 weights, which for the project conv of a
+block expanded to 576 channels is 3M parameters, more than the whole
+network it samples for; ours is depthwise (the branch is training-only
+either way). The released learner ends with a BatchNorm after the 1x1 conv. In training mode the batch mean of
 that BN's pooled output is exactly its shift (zero at initialisation), so
 the coefficients would not depend on the input, and L2-normalising a
 vector that is zero up to rounding gives random directions with gradients
@@ -110,7 +114,8 @@ class EpitomeConv2d(nn.Module):
         self.learner = self._learner(in_channels) if sampling == "learned" else None
 
     def _learner(self, channels: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(channels, channels, 3, 2, 0, bias=False), nn.BatchNorm2d(channels),
+        return nn.Sequential(nn.Conv2d(channels, channels, 3, 2, 0, groups=channels, bias=False),
+                             nn.BatchNorm2d(channels),
                              nn.ReLU6(inplace=True), nn.Conv2d(channels, self.copies, 1, bias=False))
 
     def starts(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,8 +35,11 @@ Quantized networks (cifar style): `conv: {name: binary_conv}` (or
 quantized, the stem, the projection shortcuts and the classifier staying
 full precision; `widen: w` makes the quantized features between a block's
 two convolutions w times wider than the residual stream, the widening of
-Liu et al., "Widening and Squeezing" (see `core.ops.squeeze`, which also
-squeezes them back).
+Liu et al., "Widening and Squeezing"; `squeeze: k` keeps the fraction k of
+them: `build` then gives the squeezed network's shapes and
+`build(arch, widened=True)` the wide one that is trained first and squeezed
+into it (`core.ops.squeeze`; the classification task does both when the
+space has `squeeze`).
 
 The search choices are the blocks per stage (`stage{i}.depth`, options from
 `depths`); by default each stage has one option, so the space is one network.
@@ -157,7 +160,8 @@ class ResNetSpace(SearchSpace):
     def __init__(self, style: str = "cifar", depth: int | None = None, depths: list | None = None,
                  widths: list[int] | None = None, width_multiplier: int = 1, num_classes: int = 10,
                  in_channels: int = 3, regularizer: dict | None = None, regularized_stages: list[int] | None = None,
-                 regularizer_scales: list[float] | None = None, conv: dict | None = None, widen: float = 1.0):
+                 regularizer_scales: list[float] | None = None, conv: dict | None = None, widen: float = 1.0,
+                 squeeze: float | None = None):
         if style not in STYLES:
             raise ConfigError(f"style: expected one of {', '.join(STYLES)}, got {style!r}")
         self.style = style
@@ -194,6 +198,9 @@ class ResNetSpace(SearchSpace):
         if not isinstance(widen, (int, float)) or widen < 1:
             raise ConfigError(f"widen: expected a factor >= 1, got {widen!r}")
         self.widen = float(widen)
+        if squeeze is not None and (not isinstance(squeeze, (int, float)) or not 0 < squeeze <= 1):
+            raise ConfigError(f"squeeze: expected the fraction of widened channels kept, in (0, 1], got {squeeze!r}")
+        self.squeeze = None if squeeze is None else float(squeeze)
         super().__init__([Choice(f"stage{i}.depth", d) for i, d in enumerate(self.depths)])
 
     def _depths(self, depth: int | None, depths: list | None, n_stages: int) -> list[tuple[int, ...]]:
@@ -229,8 +236,18 @@ class ResNetSpace(SearchSpace):
         return lambda cin, cout, k, stride: OPS.build(self.conv, "space.conv", in_channels=cin, out_channels=cout,
                                                       kernel_size=k, stride=stride)
 
+    def arch_of(self, model: ResNet) -> Arch:
+        """The arch a network of this space was built from (its blocks per stage)."""
+        return self.check({f"stage{i}.depth": len(stage) for i, stage in enumerate(model.stages)})
+
+    def mid_width(self, width: int, widened: bool = False) -> int:
+        """Channels between a block's two convs: widened, then squeezed unless `widened` asks for the wide net."""
+        mid = max(1, round(width * self.widen))
+        return mid if widened or self.squeeze is None else max(1, round(self.squeeze * mid))
+
     def build(self, arch: Mapping[str, Any], num_classes: int | None = None, channel_divisor: float = 1,
-              **_: Any) -> ResNet:
+              widened: bool = False, **_: Any) -> ResNet:
+        """The network of `arch`; with `squeeze` set, the squeezed one unless `widened` (the one to train first)."""
         arch = self.check(arch)
         classes = num_classes or self.num_classes
         widths = [max(1, int(w * self.width_multiplier / channel_divisor)) for w in self.widths]
@@ -241,7 +258,7 @@ class ResNetSpace(SearchSpace):
             cin = widths[0]
             for i, (w, d) in enumerate(zip(widths, depths)):
                 make_reg = self._make_reg(i)
-                mid = max(1, round(w * self.widen))
+                mid = self.mid_width(w, widened)
                 blocks = [PreActBlock(cin if j == 0 else w, w, 2 if (j == 0 and i > 0) else 1, make_reg,
                                       self._make_conv(), mid) for j in range(d)]
                 stages.append(nn.Sequential(*blocks))

@@ -55,12 +55,39 @@ class ClassificationTask(Task):
                           num_workers=self.cfg["train"]["num_workers"])
 
     def train(self, model: nn.Module, data: DataSplits, run_dir: Path, progress: bool = True) -> dict[str, float]:
-        cfg = self.cfg["train"]
+        space = self.space(data)
+        if getattr(space, "squeeze", None):
+            return self._train_widened_then_squeezed(model, space, data, run_dir, progress)
+        return self._fit(model, data, self.cfg["train"], run_dir, progress)
+
+    def _fit(self, model: nn.Module, data: DataSplits, cfg: dict, run_dir: Path, progress: bool) -> dict[str, float]:
         module = SupervisedModule(model, classification_loss, batch_metrics, cfg)
         trainer = make_trainer(cfg, run_dir, progress=progress)
         trainer.fit(module, self._loader(data.train, True, cfg["batch_size"]),
                     self._loader(data.val, False, self.cfg["test"]["batch_size"]))
         return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    def _train_widened_then_squeezed(self, model: nn.Module, space: SearchSpace, data: DataSplits, run_dir: Path,
+                                     progress: bool) -> dict[str, float]:
+        """Widening and squeezing (`core.ops.squeeze`): the wide network trains for the first 3/4 of the epochs,
+        is squeezed on 512 training images into `model` and fine-tuned for the rest, the learning rate
+        going on from where the cosine schedule was."""
+        import math
+
+        from core.ops.squeeze import squeeze_blocks
+
+        cfg = self.cfg["train"]
+        tail = max(1, cfg["epochs"] // 4)
+        if cfg["epochs"] <= tail:
+            raise ConfigError(f"train.epochs: squeezing needs at least 2 epochs (wide, then squeezed), got {cfg['epochs']}")
+        wide = space.build(space.arch_of(model), num_classes=data.num_classes, widened=True)
+        self._fit(wide, data, {**cfg, "epochs": cfg["epochs"] - tail}, run_dir / "widened", progress)
+        calibration = [x for x, _ in self._loader(torch.utils.data.Subset(data.train, range(min(512, len(data.train)))),
+                                                  False, 128)]
+        squeeze_blocks(wide, calibration, space.squeeze)
+        model.load_state_dict(wide.state_dict())
+        lr = cfg["lr"] * 0.5 * (1 + math.cos(math.pi * (cfg["epochs"] - tail) / cfg["epochs"]))
+        return self._fit(model, data, {**cfg, "epochs": tail, "lr": lr}, run_dir, progress)
 
     def test(self, model: nn.Module, data: DataSplits, run_dir: Path | None = None) -> dict[str, float]:
         return evaluate_classifier(model, self._loader(data.test, False, self.cfg["test"]["batch_size"]))
