@@ -107,8 +107,11 @@ def batches(images: torch.Tensor, labels: torch.Tensor, norm, batch_size: int, a
         x = images[idx].float() / 255.0
         if augment:
             x = F.pad(x, (4, 4, 4, 4))
-            offsets = torch.randint(0, 9, (len(idx), 2), generator=generator).tolist()
-            x = torch.stack([x[i, :, a:a + 32, b:b + 32] for i, (a, b) in enumerate(offsets)])
+            offsets = torch.randint(0, 9, (len(idx), 2), generator=generator).to(x.device)
+            span = torch.arange(32, device=x.device)
+            rows = (offsets[:, 0, None] + span)[:, :, None]
+            cols = (offsets[:, 1, None] + span)[:, None, :]
+            x = x[torch.arange(len(idx), device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
             flip = (torch.rand(len(idx), generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         yield (x - mean) / std, labels[idx]
