@@ -333,7 +333,7 @@ def jobs_epitome(args, recipe: Recipe) -> tuple[list[Job], list[str]]:
 COMMANDS = {"data": jobs_data, "disout": jobs_disout, "qnn": jobs_qnn, "epitome": jobs_epitome}
 DEFAULTS = {  # epochs, seeds, depth, width for the full CPU run (about 40 minutes each on one core)
     "data": dict(epochs=15, seeds=[0]),
-    "disout": dict(epochs=12, seeds=[0, 1, 2], depth=20, width=8),
+    "disout": dict(epochs=15, seeds=[0, 1, 2], depth=20, width=8),
     "qnn": dict(epochs=12, seeds=[0], depth=8, width=16),
     "epitome": dict(epochs=10, seeds=[0], width=16),
 }
