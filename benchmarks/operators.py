@@ -237,13 +237,14 @@ class Partial:
         return self.fn(*args, **self.kwargs)
 
 
-MOBILE_STAGES = [{"channels": 24, "stride": 2, "depths": [2]}, {"channels": 32, "stride": 2, "depths": [3]},
-                 {"channels": 64, "stride": 2, "depths": [3]}, {"channels": 96, "stride": 1, "depths": [2]}]
+MOBILE_STAGES = [{"channels": 24, "stride": 2, "depths": [1]}, {"channels": 32, "stride": 2, "depths": [2]},
+                 {"channels": 64, "stride": 2, "depths": [2]}, {"channels": 96, "stride": 1, "depths": [1]}]
 
 
 def mobilenet(expansion: int, pointwise: dict | None = None, width: float = 1.0):
-    """MobileNetV2-style net for 32x32: stem 16 (stride 1), mb1 16, stages 24x2 (s2), 32x3 (s2), 64x3 (s2),
-    96x2, every layer mb{expansion}_k3, no head conv; `width` scales every stage."""
+    """MobileNetV2-style net for 32x32: stem 16 (stride 1), mb1 16, stages 24x1 (s2), 32x2 (s2), 64x2 (s2),
+    96x1, every layer mb{expansion}_k3, no head conv; `width` scales every stage (the first block and stem
+    stay at 16)."""
     stages = [dict(s, channels=max(8, int(round(s["channels"] * width)))) for s in MOBILE_STAGES]
     space = MobileSpace(in_channels=3, stem_channels=16, stem_stride=1, first_block={"channels": 16},
                         stages=stages, kernels=[3], expansions=[expansion], allow_skip=False, se_ratio=0.0,
@@ -279,7 +280,7 @@ class SqueezeAt:
 
 # -- sub-commands ----------------------------------------------------------------------------------
 def jobs_data(args, recipe: Recipe) -> tuple[list[Job], list[str]]:
-    nets = [("resnet8-w8", 8, [8, 16, 32]), ("resnet20-w8", 20, [8, 16, 32]), ("resnet20-w16", 20, [16, 32, 64])]
+    nets = [("resnet8-w8", 8, [8, 16, 32]), ("resnet8-w16", 8, [16, 32, 64]), ("resnet20-w16", 20, [16, 32, 64])]
     if args.quick:
         nets = nets[:2]
     return [Job(name, s, Partial(resnet, depth=d, widths=w), recipe) for name, d, w in nets for s in args.seeds], []
@@ -331,11 +332,11 @@ def jobs_epitome(args, recipe: Recipe) -> tuple[list[Job], list[str]]:
 
 
 COMMANDS = {"data": jobs_data, "disout": jobs_disout, "qnn": jobs_qnn, "epitome": jobs_epitome}
-DEFAULTS = {  # epochs, seeds, depth, width for the full CPU run (about 40 minutes each on one core)
-    "data": dict(epochs=15, seeds=[0]),
-    "disout": dict(epochs=15, seeds=[0, 1, 2], depth=20, width=8),
-    "qnn": dict(epochs=12, seeds=[0], depth=8, width=16),
-    "epitome": dict(epochs=10, seeds=[0], width=16),
+DEFAULTS = {  # the full CPU run of each sub-command: about 40 minutes on one idle core
+    "data": dict(epochs=20, seeds=[0]),
+    "disout": dict(epochs=20, seeds=[0, 1, 2], depth=8, width=8),
+    "qnn": dict(epochs=20, seeds=[0], depth=8, width=8),
+    "epitome": dict(epochs=15, seeds=[0], mobile_width=0.5),
 }
 
 
@@ -354,15 +355,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--widen", type=float, default=4.0, help="qnn: widening factor")
     parser.add_argument("--keep", type=float, default=0.5, help="qnn: fraction of widened channels kept")
     parser.add_argument("--multiplier", type=float, default=2.0, help="epitome: compression ratio")
-    parser.add_argument("--mobile-width", type=float, default=1.0, help="epitome: width multiplier of the net")
+    parser.add_argument("--mobile-width", type=float, help="epitome: width multiplier of the net")
     args = parser.parse_args(argv)
     defaults = DEFAULTS[args.command]
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    for key in ("depth", "width"):
+    for key, value in (("depth", 8), ("width", 8), ("mobile_width", 1.0)):
         if getattr(args, key) is None:
-            setattr(args, key, {"depth": 20, "width": 8}[key])
+            setattr(args, key, value)
     recipe = Recipe(epochs=args.epochs, train=args.train, device=args.device, threads=args.threads)
     if args.quick:
         recipe = replace(recipe, epochs=2, train=500, val=200, test=200)
