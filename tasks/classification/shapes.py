@@ -5,10 +5,11 @@ Each image holds one centred shape of a class from `SHAPE_CLASSES`, drawn at
 nuisances that make the set hard enough to separate small networks from
 larger ones: a random scale (40-85% of the image), a position jitter of up to
 15%, a rotation jitter of +-20 degrees (so `plus` and `x_cross`, `square`
-and `diamond` stay distinct classes), a filled or outlined body, a random
-colour whose contrast with the background can be low, a textured background
-(gradient, stripes or checks and noise, as the detection task's shapes) and up
-to two small distractor blobs that may overlap the shape. Pixel noise and a
+and `diamond` stay distinct classes), a filled (70%) or outlined body, a
+random colour (15% of them close to the background's mean, so of low
+contrast), a textured background (gradient, stripes or checks and noise, as
+the detection task's shapes), up to one distractor blob behind the shape and,
+on 30% of the images, a small square occluding part of it. Pixel noise and a
 random brightness change are added after the reduction.
 
 Every image is drawn from its own seeded generator (`seed`, split, index), so
