@@ -52,7 +52,11 @@ class _SignSTE(torch.autograd.Function):
 
 
 def sign_ste(x: torch.Tensor, clip: bool = True) -> torch.Tensor:
-    """sign(x) in {-1, +1}; backward passes the gradient where |x| <= 1 (`clip`) or everywhere."""
+    """sign(x) in {-1, +1}; backward passes the gradient where |x| <= 1 (`clip`) or everywhere.
+
+    Without autograd (inference, export) it is a plain `where`, which ONNX and TorchScript take."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
     return _SignSTE.apply(x, clip)
 
 
