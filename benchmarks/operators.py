@@ -100,7 +100,8 @@ def batches(images: torch.Tensor, labels: torch.Tensor, norm, batch_size: int, a
             generator: torch.Generator | None = None):
     """Normalised batches; with `augment`, a shuffled epoch of 4-pixel padded random crops and flips."""
     n = len(labels)
-    order = torch.randperm(n, generator=generator).to(images.device) if augment else torch.arange(n, device=images.device)
+    order = torch.randperm(n, generator=generator) if augment else torch.arange(n)
+    order = order.to(images.device)
     mean, std = norm
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]

@@ -48,7 +48,7 @@ The search choices are the blocks per stage (`stage{i}.depth`, options from
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -182,10 +182,9 @@ class ResNetSpace(SearchSpace):
         if any(not isinstance(i, int) or not 0 <= i < n_stages for i in self.regularized_stages):
             raise ConfigError(f"regularized_stages: expected stage indices in 0..{n_stages - 1}, "
                               f"got {regularized_stages!r}")
-        if regularizer_scales is None:
-            regularizer_scales = ([1.0] if style == "cifar" else [0.25, 1.0])
-            regularizer_scales = regularizer_scales[-len(self.regularized_stages):] if self.regularized_stages else []
-            regularizer_scales = [1.0] * (len(self.regularized_stages) - len(regularizer_scales)) + regularizer_scales
+        if regularizer_scales is None:  # the official ImageNet model runs its second-last stage at a quarter rate
+            official = style == "imagenet" and self.regularized_stages == default_stages
+            regularizer_scales = [0.25, 1.0] if official else [1.0] * len(self.regularized_stages)
         if len(regularizer_scales) != len(self.regularized_stages):
             raise ConfigError(f"regularizer_scales: expected one scale per regularized stage "
                               f"({len(self.regularized_stages)}), got {regularizer_scales!r}")

@@ -79,7 +79,8 @@ class ClassificationTask(Task):
         cfg = self.cfg["train"]
         tail = max(1, cfg["epochs"] // 4)
         if cfg["epochs"] <= tail:
-            raise ConfigError(f"train.epochs: squeezing needs at least 2 epochs (wide, then squeezed), got {cfg['epochs']}")
+            raise ConfigError(f"train.epochs: squeezing needs at least 2 epochs (wide, then squeezed), "
+                              f"got {cfg['epochs']}")
         wide = space.build(space.arch_of(model), num_classes=data.num_classes, widened=True)
         self._fit(wide, data, {**cfg, "epochs": cfg["epochs"] - tail}, run_dir / "widened", progress)
         calibration = [x for x, _ in self._loader(torch.utils.data.Subset(data.train, range(min(512, len(data.train)))),

@@ -83,7 +83,8 @@ def test_mobile_space_names_the_epitome_operator_for_both_1x1_convs():
 def test_a_learned_epitome_mobile_net_trains():
     torch.manual_seed(0)
     space = MobileSpace(in_channels=3, stem_channels=8, stem_stride=1, first_block=None, head_channels=0,
-                        stages=[{"channels": 8, "stride": 2, "depths": [1]}, {"channels": 16, "stride": 2, "depths": [1]}],
+                        stages=[{"channels": 8, "stride": 2, "depths": [1]},
+                                {"channels": 16, "stride": 2, "depths": [1]}],
                         kernels=[3], expansions=[4], se_ratio=0, num_classes=2, dropout=0.0,
                         pointwise={"name": "epitome_conv", "multiplier": 2, "sampling": "learned"})
     model = space.build(space.default())

@@ -2,7 +2,6 @@
 
 import random
 
-import pytest
 import torch
 
 from core.cost import count_macs, count_params
