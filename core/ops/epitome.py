@@ -140,15 +140,28 @@ class EpitomeConv2d(nn.Module):
         w = torch.cat(copies, 1)[:, :self.out_channels if d == 0 else self.in_channels]
         return w if d == 1 else w.transpose(0, 1)
 
+    def _routes(self, starts: torch.Tensor, total: int):
+        """For channel j of the full axis (copy i = j // n, position c = j % n): the epitome channels
+        (k_i + c) mod n and (k_i + c + 1) mod n it interpolates between, and the weight f_i of the second."""
+        n = self.compact
+        k = torch.floor(starts)
+        f = (starts - k)[:, None].expand(-1, n).reshape(-1)[:total]
+        lo = (k.long()[:, None] + torch.arange(n, device=starts.device)) % n
+        lo = lo.reshape(-1)[:total]
+        return lo, (lo + 1) % n, f.view(1, -1, 1, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         starts = self.starts(x)
-        if self.dim == "out":
+        if self.dim == "out":  # copy i of the output is the compact output shifted by s_i
             y = F.conv2d(x, self.weight, None, self.stride, self.padding)
-            y = torch.cat([shift_channels(y, starts[i]) for i in range(self.copies)], 1)[:, :self.out_channels]
-        else:
-            pad = self.copies * self.compact - self.in_channels
-            chunks = F.pad(x, (0, 0, 0, 0, 0, pad)).split(self.compact, dim=1)
-            folded = sum(shift_channels(chunk, -starts[i]) for i, chunk in enumerate(chunks))
+            lo, hi, f = self._routes(starts, self.out_channels)
+            y = y[:, lo] if not f.any() else (1 - f) * y[:, lo] + f * y[:, hi]
+        else:  # input channel c of copy i adds into epitome channels k_i + c (weight 1 - f_i) and k_i + c + 1 (f_i)
+            lo, hi, f = self._routes(starts, self.in_channels)
+            shape = (x.shape[0], self.compact, *x.shape[2:])
+            folded = x.new_zeros(shape).index_add(1, lo, x * (1 - f))
+            if f.any():
+                folded = folded.index_add(1, hi, x * f)
             y = F.conv2d(folded, self.weight, None, self.stride, self.padding)
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 

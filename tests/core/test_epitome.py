@@ -92,7 +92,7 @@ def test_a_learned_epitome_mobile_net_trains():
     y = (x[:, 0].mean((1, 2)) > 0).long()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     losses = []
-    for _ in range(30):
+    for _ in range(60):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
