@@ -337,7 +337,7 @@ DEFAULTS = {  # the full CPU run of each sub-command: about 40 minutes on one id
     "data": dict(epochs=20, seeds=[0]),
     "disout": dict(epochs=20, seeds=[0, 1, 2], depth=8, width=8),
     "qnn": dict(epochs=20, seeds=[0], depth=8, width=8),
-    "epitome": dict(epochs=15, seeds=[0], mobile_width=0.5),
+    "epitome": dict(epochs=10, seeds=[0], mobile_width=0.5),
 }
 
 

@@ -155,7 +155,8 @@ class EpitomeConv2d(nn.Module):
         if self.dim == "out":  # copy i of the output is the compact output shifted by s_i
             y = F.conv2d(x, self.weight, None, self.stride, self.padding)
             lo, hi, f = self._routes(starts, self.out_channels)
-            y = y[:, lo] if not f.any() else (1 - f) * y[:, lo] + f * y[:, hi]
+            y = y.index_select(1, lo) if not f.any() else \
+                (1 - f) * y.index_select(1, lo) + f * y.index_select(1, hi)
         else:  # input channel c of copy i adds into epitome channels k_i + c (weight 1 - f_i) and k_i + c + 1 (f_i)
             lo, hi, f = self._routes(starts, self.in_channels)
             shape = (x.shape[0], self.compact, *x.shape[2:])
