@@ -155,3 +155,22 @@ def test_a_regularized_resnet_trains(name):
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
     model.eval()
     assert torch.equal(model(x), model(x))
+
+
+def test_lightning_training_sets_the_schedule_length(tmp_path):
+    from dataclasses import asdict
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from core.engine.config import TrainConfig
+    from core.engine.lightning import SupervisedModule, make_trainer
+
+    space = ResNetSpace(depth=8, widths=[4, 4, 4], regularizer={"name": "disout", "block_size": 3})
+    model = space.build(space.default(), num_classes=2)
+    cfg = {**asdict(TrainConfig()), "epochs": 2, "accelerator": "cpu"}
+    loader = DataLoader(TensorDataset(torch.randn(12, 3, 8, 8), torch.randint(0, 2, (12,))), batch_size=4)
+    module = SupervisedModule(model, nn.functional.cross_entropy, lambda out, y: {}, cfg)
+    make_trainer(cfg, tmp_path, progress=False).fit(module, loader)
+    scheduled = [m for m in model.modules() if isinstance(m, LinearSchedule)]
+    assert scheduled and all(m.steps == 6 and m.i == 6 for m in scheduled)  # 3 batches x 2 epochs
+    assert scheduled[0].module.dist_prob == pytest.approx(0.09)
