@@ -31,7 +31,9 @@ Recipes (shared by every row of a sub-command):
   training images) and fine-tuned for the last 1/4 in the same schedule:
   every row has the same number of epochs.
 - epitome: SGD as above with weight decay 4e-5; all 1x1 convs of the
-  MobileNetV2-style blocks are epitome convs at multiplier 2.
+  MobileNetV2-style blocks are epitome convs at multiplier 2; the plain net
+  at equal MACs has the same widths and the largest expansion whose MACs do
+  not exceed the epitome net's.
 """
 
 from __future__ import annotations
@@ -320,11 +322,10 @@ def jobs_epitome(args, recipe: Recipe) -> tuple[list[Job], list[str]]:
     epitome = {"name": "epitome_conv", "multiplier": m}
     x = torch.zeros(1, 3, 32, 32)
     target = count_macs(mobilenet(6, dict(epitome, sampling="tile"), base), x)
-    # the plain net at equal MACs: the widest uniform width scaling of the e6 net within the epitome net's MACs
-    fits = [w for w in (base * k / 100 for k in range(50, 101)) if count_macs(mobilenet(6, width=w), x) <= target]
-    width = max(fits)
+    # the plain net at equal MACs: the same widths with the largest expansion whose MACs fit the epitome net's
+    expansion = max(e for e in range(1, 7) if count_macs(mobilenet(e, width=base), x) <= target)
     rows = [("plain e6", Partial(mobilenet, expansion=6, width=base)),
-            (f"plain e6 width x{width / base:.2f} (equal MACs)", Partial(mobilenet, expansion=6, width=width))]
+            (f"plain e{expansion} (equal MACs)", Partial(mobilenet, expansion=expansion, width=base))]
     for sampling, label in (("tile", "released NES"), ("fixed", "WSNet"), ("learned", "NES")):
         rows.append((f"epitome {sampling} m{m:g} ({label})",
                      Partial(mobilenet, expansion=6, width=base, pointwise=dict(epitome, sampling=sampling))))
