@@ -71,6 +71,13 @@ class SupervisedModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> Any:
         return self.model(x)
 
+    def on_fit_start(self):
+        """Layers whose rate follows the training (Disout's linear schedule) learn its length in steps."""
+        steps = int(self.trainer.estimated_stepping_batches)
+        for m in self.model.modules():
+            if hasattr(m, "set_total_steps"):
+                m.set_total_steps(steps)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss_fn(self.model(x), y)

@@ -172,3 +172,5 @@ DATASETS = Registry("dataset")
 MODELS = Registry("model")
 TEACHERS = Registry("teacher", providers=("core.distill.teachers", "core.zoo.compression.teachers"))
 TASKS = Registry("task")
+#: special layers a space builds by name from its config (`core.ops`): regularizers, quantized and epitome convs
+OPS = Registry("operator", providers=("core.ops",))

@@ -143,6 +143,9 @@ class TrainEvaluator(Evaluator):
                 opt = torch.optim.SGD(trainable.parameters(), lr=self.lr, momentum=self.momentum,
                                       weight_decay=self.weight_decay, nesterov=self.momentum > 0)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, self.epochs * len(loader)))
+            for m in trainable.modules():  # scheduled layers (Disout's linear schedule) learn the run's length
+                if hasattr(m, "set_total_steps"):
+                    m.set_total_steps(max(1, self.epochs * len(loader)))
             state = {"trainable": trainable, "optimizer": opt, "scheduler": sched, "loader": loader, "epochs": 0}
         trainable, opt, sched = state["trainable"], state["optimizer"], state["scheduler"]
         trainable.train()

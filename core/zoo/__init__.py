@@ -7,3 +7,6 @@ from core.zoo.netadapt import NetAdaptSpace  # noqa: F401
 from core.zoo.cell201 import Cell201Space  # noqa: F401
 from core.zoo.compression import CompressionSpace  # noqa: F401
 from core.zoo.nsc import NSCSpace  # noqa: F401
+from core.zoo.resnet import ResNetSpace  # noqa: F401
+from core.zoo.hournas import hournas_space  # noqa: F401
+from core.zoo.pnasnet import PNASSpace  # noqa: F401

@@ -1,7 +1,9 @@
-"""Classification datasets: scikit-learn's digits (embedded default), ImageFolder and CIFAR folders."""
+"""Classification datasets: scikit-learn's digits (embedded default), generated shapes at 32x32, ImageFolder and
+CIFAR folders."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from core.data.digits import digits, stratified_split
-from core.engine.data import DataError, DataSplits, check_fraction, image_error
+from core.engine.data import DataError, DataSplits, cache_dir, check_fraction, image_error
 from core.engine.registry import DATASETS, ConfigError
 
 
@@ -178,3 +180,51 @@ def cifar(root: str, variant: str = "cifar10", val_fraction: float = 0.1, seed: 
     val = _ArrayImages(xtr[val_idx], ytr[val_idx], mean, std, augment=False)
     test = _ArrayImages(xte, yte, mean, std, augment=False)
     return DataSplits(variant, train, val, test, (3, 32, 32), num_classes=len(names), class_names=names)
+
+
+def _load_or_generate_shapes(path: Path, counts: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    from core.engine.runs import atomic_write_bytes
+    from tasks.classification import shapes as gen
+
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as cached:
+            return {k: cached[k] for k in cached.files}
+    arrays = {}
+    for split, (images, labels) in gen.generate(counts, seed).items():
+        arrays[f"{split}_x"], arrays[f"{split}_y"] = images, labels
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+    return arrays
+
+
+@DATASETS.register("shapes32")
+def shapes32(train: int = 5000, val: int = 1000, test: int = 2000, seed: int = 0, augment: bool = True,
+             root: str | None = None) -> DataSplits:
+    """Ten shapes on textured backgrounds at 32x32 RGB (`tasks.classification.shapes`), generated once.
+
+    Harder than digits: small CIFAR-style networks stay well below 100% and
+    larger ones do better. Class-balanced train/val/test splits of the given
+    sizes; written as one `.npz` under `root` (default
+    `$ARCHFORGE_DATA/classification`, else `~/.cache/archforge/classification`)
+    and reused; nothing downloads. Training images get CIFAR augmentation
+    (4-pixel padded random crop, horizontal flip) when `augment`; pixels are
+    standardised with the training split's per-channel mean and std.
+    """
+    from tasks.classification.shapes import SHAPE_CLASSES
+
+    counts = {"train": train, "val": val, "test": test}
+    for key, n in counts.items():
+        if not isinstance(n, int) or isinstance(n, bool) or n < len(SHAPE_CLASSES):
+            raise ConfigError(f"data.{key}: expected at least {len(SHAPE_CLASSES)} images (one per class), got {n!r}")
+    folder = Path(root).expanduser() if root else cache_dir("classification")
+    path = folder / f"shapes32-v1-s{seed}-{train}-{val}-{test}.npz"
+    arrays = _load_or_generate_shapes(path, counts, seed)
+    pixels = arrays["train_x"].astype(np.float32) / 255.0
+    mean, std = pixels.mean(axis=(0, 1, 2)).tolist(), pixels.std(axis=(0, 1, 2)).tolist()
+
+    def part(split: str, aug: bool) -> _ArrayImages:
+        return _ArrayImages(arrays[f"{split}_x"], arrays[f"{split}_y"], mean, std, augment=aug)
+
+    return DataSplits("shapes32", part("train", augment), part("val", False), part("test", False), (3, 32, 32),
+                      num_classes=len(SHAPE_CLASSES), class_names=list(SHAPE_CLASSES))

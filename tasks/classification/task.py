@@ -60,8 +60,14 @@ class ClassificationTask(Task):
             if not bounds:
                 raise ConfigError(f"retrain.baselines: {name!r} needs a 'macs <= N' constraint in objective.constraints")
             return BUDGET_BASELINES[name](space, min(bounds), data.input_shape)
+        named = getattr(space, "named_archs", {})  # published architectures a space holds (hournas_f, pnasnet5)
+        if name in named:
+            return named[name]
+        named = getattr(space, "named_archs", {})  # published architectures a space holds (hournas_f, pnasnet5)
+        if name in named:
+            return named[name]
         if name not in BASELINES:
-            known = sorted(BASELINES) + sorted(BUDGET_BASELINES)
+            known = sorted(BASELINES) + sorted(BUDGET_BASELINES) + sorted(named) + sorted(named)
             raise ConfigError(f"retrain.baselines: unknown baseline {name!r}; known: {', '.join(known)}")
         return BASELINES[name](space)
 
@@ -76,7 +82,12 @@ class ClassificationTask(Task):
         return evaluate_classifier(model, loader)
 
     def train(self, model: nn.Module, data: DataSplits, run_dir: Path, progress: bool = True) -> dict[str, float]:
-        cfg = self.cfg["train"]
+        space = self.space(data)
+        if getattr(space, "squeeze", None):
+            return self._train_widened_then_squeezed(model, space, data, run_dir, progress)
+        return self._fit(model, data, self.cfg["train"], run_dir, progress)
+
+    def _fit(self, model: nn.Module, data: DataSplits, cfg: dict, run_dir: Path, progress: bool) -> dict[str, float]:
         module = SupervisedModule(model, lambda out, y: classification_loss(out, y, self.label_smoothing),
                                   batch_metrics, cfg)
         trainer = make_trainer(cfg, run_dir, progress=progress)
@@ -84,6 +95,29 @@ class ClassificationTask(Task):
                                         num_workers=cfg["num_workers"]),
                     self.loader(data.val, self.cfg["test"]["batch_size"], num_workers=cfg["num_workers"]))
         return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    def _train_widened_then_squeezed(self, model: nn.Module, space: SearchSpace, data: DataSplits, run_dir: Path,
+                                     progress: bool) -> dict[str, float]:
+        """Widening and squeezing (`core.ops.squeeze`): the wide network trains for the first 3/4 of the epochs,
+        is squeezed on 512 training images into `model` and fine-tuned for the rest, the learning rate
+        going on from where the cosine schedule was."""
+        import math
+
+        from core.ops.squeeze import squeeze_blocks
+
+        cfg = self.cfg["train"]
+        tail = max(1, cfg["epochs"] // 4)
+        if cfg["epochs"] <= tail:
+            raise ConfigError(f"train.epochs: squeezing needs at least 2 epochs (wide, then squeezed), "
+                              f"got {cfg['epochs']}")
+        wide = space.build(space.arch_of(model), widened=True)
+        self._fit(wide, data, {**cfg, "epochs": cfg["epochs"] - tail}, Path(run_dir) / "widened", progress)
+        subset = torch.utils.data.Subset(data.train, range(min(512, len(data.train))))
+        calibration = [x for x, _ in self.loader(subset, 128)]
+        squeeze_blocks(wide, calibration, space.squeeze)
+        model.load_state_dict(wide.state_dict())
+        lr = cfg["lr"] * 0.5 * (1 + math.cos(math.pi * (cfg["epochs"] - tail) / cfg["epochs"]))
+        return self._fit(model, data, {**cfg, "epochs": tail, "lr": lr}, run_dir, progress)
 
     def test(self, model: nn.Module, data: DataSplits, run_dir: Path | None = None) -> dict[str, float]:
         return self.score(model, self.loader(data.test, self.cfg["test"]["batch_size"],

@@ -30,7 +30,7 @@ path out of it into a standalone network.
 from core.zoo.mobile.blocks import (ACTIVATIONS, SKIP, ClassifierHead, InvertedResidual, MobileNet, SqueezeExcite,
                                     conv_bn_act, init_weights, make_activation)
 from core.zoo.mobile.plan import LayerPlan, NetPlan, StageConfig, op_name, parse_op, scale_width
-from core.zoo.mobile.presets import (CIFAR, DIGITS, cifar_space, digits_space, efficientnet_b0_space_and_arch,
+from core.zoo.mobile.presets import (CIFAR, DIGITS, arch_from_layers, cifar_space, digits_space, efficientnet_b0_space_and_arch,
                                      mobilenetv2_space_and_arch)
 from core.zoo.mobile.space import DEFAULT_FIRST_BLOCK, DEFAULT_STAGES, MobileSpace
 from core.zoo.mobile.supernet import SupernetStage, assemble
@@ -39,4 +39,4 @@ __all__ = ["ACTIVATIONS", "SKIP", "ClassifierHead", "InvertedResidual", "MobileN
            "init_weights", "make_activation", "LayerPlan", "NetPlan", "StageConfig", "op_name", "parse_op",
            "scale_width", "CIFAR", "DIGITS", "cifar_space", "digits_space", "efficientnet_b0_space_and_arch",
            "mobilenetv2_space_and_arch", "DEFAULT_FIRST_BLOCK", "DEFAULT_STAGES", "MobileSpace", "SupernetStage",
-           "assemble"]
+           "assemble", "arch_from_layers"]

@@ -37,15 +37,30 @@ def conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: i
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation (Hu et al., CVPR 2018): channel gates from globally pooled features."""
 
-    def __init__(self, channels: int, reduced: int, act: str):
+    def __init__(self, channels: int, reduced: int, act: str, bias: bool = True):
         super().__init__()
-        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.reduce = nn.Conv2d(channels, reduced, 1, bias=bias)
         self.act = make_activation(act)
-        self.expand = nn.Conv2d(reduced, channels, 1)
+        self.expand = nn.Conv2d(reduced, channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.expand(self.act(self.reduce(x.mean((2, 3), keepdim=True))))
         return x * torch.sigmoid(gate)
+
+
+def pointwise_bn_act(in_ch: int, out_ch: int, pointwise: tuple, dim: str, act: str | None = None) -> nn.Sequential:
+    """A 1x1 conv (+ BN, activation) built by the operator `pointwise` names (`core.engine.registry.OPS`):
+    `(("name", "epitome_conv"), ("multiplier", 2), ...)`; `dim` tells it whether the conv expands ("out")
+    or projects ("in")."""
+    from core.engine.registry import OPS
+
+    spec = dict(pointwise)
+    extra = {"dim": dim} if spec.get("name") == "epitome_conv" else {}
+    layers = [OPS.build(spec, "space.pointwise", in_channels=in_ch, out_channels=out_ch, **extra),
+              nn.BatchNorm2d(out_ch)]
+    if act:
+        layers.append(make_activation(act))
+    return nn.Sequential(*layers)
 
 
 class InvertedResidual(nn.Module):
@@ -53,17 +68,24 @@ class InvertedResidual(nn.Module):
 
     Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018;
     with SE and drop-connect as in Tan & Le, "EfficientNet", ICML 2019. Expansion 1
-    has no expand conv (the MB1 block of both papers).
+    has no expand conv (the MB1 block of both papers) unless `expand_always` (HourNAS's
+    released code keeps it). `pointwise` (an operator spec, see `pointwise_bn_act`) replaces
+    both 1x1 convs, e.g. by epitome convs.
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, kernel: int, expansion: float,
-                 se_channels: int = 0, act: str = "relu6", drop_connect: float = 0.0):
+                 se_channels: int = 0, act: str = "relu6", drop_connect: float = 0.0, se_bias: bool = True,
+                 expand_always: bool = False, pointwise: tuple = ()):
         super().__init__()
         mid = int(round(in_ch * expansion))
-        self.expand = conv_bn_act(in_ch, mid, 1, act=act) if mid != in_ch else nn.Identity()
+        if pointwise:
+            self.expand = (pointwise_bn_act(in_ch, mid, pointwise, "out", act) if mid != in_ch or expand_always
+                           else nn.Identity())
+        else:
+            self.expand = conv_bn_act(in_ch, mid, 1, act=act) if mid != in_ch or expand_always else nn.Identity()
         self.depthwise = conv_bn_act(mid, mid, kernel, stride, groups=mid, act=act)
-        self.se = SqueezeExcite(mid, se_channels, act) if se_channels else nn.Identity()
-        self.project = conv_bn_act(mid, out_ch, 1)
+        self.se = SqueezeExcite(mid, se_channels, act, se_bias) if se_channels else nn.Identity()
+        self.project = pointwise_bn_act(mid, out_ch, pointwise, "in") if pointwise else conv_bn_act(mid, out_ch, 1)
         self.use_residual = stride == 1 and in_ch == out_ch
         self.drop_connect = drop_connect
 

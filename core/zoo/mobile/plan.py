@@ -51,13 +51,17 @@ class LayerPlan:
     se_channels: int = 0
     act: str = "relu6"
     drop: float = 0.0  # drop-connect for mb, dropout for the classifier
+    se_bias: bool = True
+    expand_always: bool = False
+    pointwise: tuple = ()  # an operator spec for the 1x1 convs of mb layers, as sorted (key, value) pairs
 
     def make(self) -> nn.Module:
         if self.kind == "conv":
             return conv_bn_act(self.in_ch, self.out_ch, self.kernel, self.stride, act=self.act)
         if self.kind == "mb":
             return InvertedResidual(self.in_ch, self.out_ch, self.stride, self.kernel, self.expansion,
-                                    self.se_channels, self.act, self.drop)
+                                    self.se_channels, self.act, self.drop, self.se_bias, self.expand_always,
+                                    self.pointwise)
         if self.kind == "skip":
             return nn.Identity()
         return ClassifierHead(self.in_ch, self.out_ch, self.drop)
@@ -66,8 +70,10 @@ class LayerPlan:
         """Latency-table key: everything that changes the op's cost (not dropout rates)."""
         res = f"r{height}x{width}"
         if self.kind == "mb":
+            variant = ("" if self.se_bias else "_senobias") + ("_expand" if self.expand_always else "") + \
+                "".join(f"_{k}-{v}" for k, v in self.pointwise)
             return (f"mb_i{self.in_ch}_o{self.out_ch}_e{self.expansion:g}_k{self.kernel}_s{self.stride}"
-                    f"_se{self.se_channels}_{self.act}_{res}")
+                    f"_se{self.se_channels}_{self.act}{variant}_{res}")
         if self.kind == "conv":
             return f"conv_i{self.in_ch}_o{self.out_ch}_k{self.kernel}_s{self.stride}_{self.act}_{res}"
         return f"{self.kind}_i{self.in_ch}_o{self.out_ch}_{res}"
@@ -184,6 +190,21 @@ def check_first_block(cfg: Any) -> dict | None:
     if out["stride"] not in (1, 2):
         raise ConfigError(f"first_block.stride: expected 1 or 2, got {out['stride']!r}")
     return out
+
+
+def check_pointwise(spec: Mapping | None) -> tuple:
+    """Validate an operator spec for the 1x1 convs now (name and keys); store it as sorted (key, value) pairs."""
+    if not spec:
+        return ()
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise ConfigError(f"pointwise: expected null or a mapping with a name (an operator), got {spec!r}")
+    from core.engine.registry import OPS
+
+    import core.ops  # noqa: F401  (registers the operators)
+
+    extra = {"dim": "out"} if spec["name"] == "epitome_conv" else {}
+    OPS.build(dict(spec), "space.pointwise", in_channels=2, out_channels=2, **extra)
+    return tuple(sorted((str(k), v) for k, v in spec.items()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from core.zoo.mobile.space import DEFAULT_FIRST_BLOCK, DEFAULT_STAGES, MobileSpa
 
 # hand-designed networks and presets
 # ---------------------------------------------------------------------------------------------
-def _arch_from_layers(space: MobileSpace, layers: Sequence[Sequence[str]]) -> Arch:
+def arch_from_layers(space: MobileSpace, layers: Sequence[Sequence[str]]) -> Arch:
     values = {c.name: c.default for c in space.choices}
     for i, ops in enumerate(layers):
         values[f"stage{i}.depth"] = len(ops)
@@ -32,7 +32,7 @@ def efficientnet_b0_space_and_arch() -> tuple[MobileSpace, Arch]:
                         allow_skip=True, se_ratio=0.25, activation="swish", head_channels=1280,
                         num_classes=1000, dropout=0.2, first_block=DEFAULT_FIRST_BLOCK)
     layers = [["mb6_k3"] * 2, ["mb6_k5"] * 2, ["mb6_k3"] * 3, ["mb6_k5"] * 3, ["mb6_k5"] * 4, ["mb6_k3"]]
-    return space, _arch_from_layers(space, layers)
+    return space, arch_from_layers(space, layers)
 
 
 MOBILENETV2_STAGES = (
@@ -54,7 +54,7 @@ def mobilenetv2_space_and_arch() -> tuple[MobileSpace, Arch]:
                         allow_skip=True, se_ratio=0.0, activation="relu6", head_channels=1280,
                         num_classes=1000, dropout=0.2, first_block=DEFAULT_FIRST_BLOCK)
     layers = [["mb6_k3"] * 2, ["mb6_k3"] * 3, ["mb6_k3"] * 4, ["mb6_k3"] * 3, ["mb6_k3"] * 3, ["mb6_k3"]]
-    return space, _arch_from_layers(space, layers)
+    return space, arch_from_layers(space, layers)
 
 
 DIGITS = dict(

@@ -14,7 +14,7 @@ from core.cost.lut import LayerSpec
 from core.engine.registry import ConfigError
 from core.api import Arch, Choice, ChoiceModule, SearchSpace
 from core.zoo.mobile.blocks import ACTIVATIONS, MobileNet, SKIP
-from core.zoo.mobile.plan import LayerPlan, NetPlan, StageConfig, check_expansions, check_first_block, check_odd_kernels, check_positive_int, check_stage_config, parse_op, scale_width
+from core.zoo.mobile.plan import LayerPlan, NetPlan, StageConfig, check_expansions, check_first_block, check_pointwise, check_odd_kernels, check_positive_int, check_stage_config, parse_op, scale_width
 from core.zoo.mobile.supernet import SupernetStage, assemble
 
 
@@ -45,6 +45,14 @@ class MobileSpace(SearchSpace):
     with block index as in EfficientNet. The defaults are EfficientNet-B0's
     skeleton (Tan & Le, 2019) with searchable depths, kernels {3,5,7} and
     expansions {1,3,6}.
+
+    Variants for published networks and operators: `se_base: mid` sizes SE
+    on the expanded width instead of the block input (HourNAS's
+    `se_reduce_mid`), `se_bias: false` drops the SE convs' biases,
+    `expand_always` keeps the 1x1 expand conv at expansion 1, and `pointwise`
+    names an operator of `core.engine.registry.OPS` for every MBConv's 1x1
+    expand and project convs (`{name: epitome_conv, multiplier: 2, sampling:
+    learned}`: Neural Epitome Search).
     """
 
     def __init__(self, stem_channels: int = 32, stages: Sequence[Mapping] | None = None,
@@ -52,7 +60,8 @@ class MobileSpace(SearchSpace):
                  allow_skip: bool = True, se_ratio: float = 0.25, activation: str = "swish",
                  head_channels: int = 1280, num_classes: int = 1000, in_channels: int = 3,
                  dropout: float = 0.2, drop_connect: float = 0.0, stem_stride: int = 2,
-                 first_block: Mapping | None = DEFAULT_FIRST_BLOCK):
+                 first_block: Mapping | None = DEFAULT_FIRST_BLOCK, se_base: str = "in", se_bias: bool = True,
+                 expand_always: bool = False, pointwise: Mapping | None = None):
         self.stem_channels = check_positive_int("stem_channels", stem_channels)
         self.kernels = check_odd_kernels("kernels", kernels)
         self.expansions = check_expansions("expansions", expansions)
@@ -67,6 +76,10 @@ class MobileSpace(SearchSpace):
         self.head_channels, self.num_classes, self.in_channels = head_channels, num_classes, in_channels
         self.dropout, self.drop_connect, self.stem_stride = float(dropout), float(drop_connect), stem_stride
         self.first_block = check_first_block(first_block)
+        if se_base not in ("in", "mid"):
+            raise ConfigError(f"se_base: expected 'in' (block input width) or 'mid' (expanded width), got {se_base!r}")
+        self.se_base, self.se_bias, self.expand_always = se_base, bool(se_bias), bool(expand_always)
+        self.pointwise = check_pointwise(pointwise)
         super().__init__([c for i, stage in enumerate(self.stages) for c in self._stage_choices(i, stage)])
 
     @staticmethod
@@ -120,23 +133,29 @@ class MobileSpace(SearchSpace):
         stage = self.stages[i]
         return arch[f"stage{i}.width"] if len(stage.channels) > 1 else stage.channels[0]
 
-    def _se(self, in_ch: int, ratio: float | None = None) -> int:
+    def _se(self, in_ch: int, ratio: float | None = None, expansion: float = 1) -> int:
         ratio = self.se_ratio if ratio is None else ratio
-        return max(1, int(in_ch * ratio)) if ratio > 0 else 0
+        base = int(round(in_ch * expansion)) if self.se_base == "mid" else in_ch
+        return max(1, int(base * ratio)) if ratio > 0 else 0
+
+    def _variant(self) -> dict[str, Any]:
+        return {"se_bias": self.se_bias, "expand_always": self.expand_always, "pointwise": self.pointwise}
 
     def _mb(self, in_ch: int, out_ch: int, stride: int, op: str, drop: float) -> LayerPlan:
         parsed = parse_op(op)
         if parsed is None:
             return LayerPlan("skip", in_ch, out_ch, act=self.activation)
         expansion, kernel = parsed
-        return LayerPlan("mb", in_ch, out_ch, kernel, stride, expansion, self._se(in_ch), self.activation, drop)
+        return LayerPlan("mb", in_ch, out_ch, kernel, stride, expansion, self._se(in_ch, expansion=expansion),
+                         self.activation, drop, **self._variant())
 
     def _first_plan(self, in_ch: int, divisor: float) -> LayerPlan | None:
         fb = self.first_block
         if fb is None:
             return None
         return LayerPlan("mb", in_ch, scale_width(fb["channels"], divisor), fb["kernel"], fb["stride"],
-                         fb["expansion"], self._se(in_ch, fb.get("se_ratio")), self.activation)
+                         fb["expansion"], self._se(in_ch, fb.get("se_ratio"), fb["expansion"]), self.activation,
+                         **self._variant())
 
     def plan(self, arch: Mapping[str, Any], channel_divisor: float = 1, num_classes: int | None = None,
              drop_connect: float | None = None, widest: bool = False) -> NetPlan:
