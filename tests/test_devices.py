@@ -46,7 +46,7 @@ def faces():
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(24, 3, 16, 16, generator=g), torch.arange(24) % 3
-    return DataSplits("tiny", torch.utils.data.TensorDataset(x, y), None, None, 3, (3, 16, 16))
+    return DataSplits("tiny", torch.utils.data.TensorDataset(x, y), None, None, (3, 16, 16), num_classes=3)
 
 
 def darts(device, **kw):

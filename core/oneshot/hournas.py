@@ -405,8 +405,8 @@ class HourNASSearch(Searcher):
         shrunk = self.shrunk = self.shrink(model, self.vital_arch)
         self.supernet = self._train(shrunk, data, self.supernet, self.proposal_epochs, "proposal")
 
-        objective = Objective(self.objective.metric, self.objective.direction,
-                              [*self.objective.constraints, *([self.constraint] if self.constraint else [])])
+        extra = [self.constraint] if self.constraint and self.constraint not in self.objective.constraints else []
+        objective = Objective(self.objective.metric, self.objective.direction, [*self.objective.constraints, *extra])
         population = max(2, min(self.population_size, self.evaluations))
         evolution = RegularizedEvolution(shrunk, self.seed, objective, population,
                                          max(1, min(self.sample_size, population)))
@@ -420,6 +420,9 @@ class HourNASSearch(Searcher):
             self.history.append({"arch_key": arch.key, "status": result.status, **result.metrics})
         found = evolution.best()
         if found is None:
+            failed = [r for _, r in self.trials if r.status != "ok"]
+            if len(failed) == len(self.trials):
+                raise RuntimeError(f"HourNAS: all {len(failed)} evaluations failed; the first: {failed[0].reason}")
             raise ValueError(f"HourNAS: no evaluated architecture satisfies {objective.constraints}")
         arch, result = found
         self.arch = self.space.check(arch)

@@ -233,7 +233,7 @@ class MobileSpace(SearchSpace):
     def inherit(self, supernet: nn.Module, arch: Mapping[str, Any], **build_overrides: Any) -> MobileNet:
         """A standalone `build(arch)` with the weights of `arch`'s path in `supernet` (leading channels)."""
         arch = self.check(arch)
-        model = self.build(arch, **build_overrides)
+        model = self.build(arch, **build_overrides).to(next(supernet.parameters()).device)  # no host round trip
         source = supernet.state_dict()
         target = {}
         for name, tensor in model.state_dict().items():
