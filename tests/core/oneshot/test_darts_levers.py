@@ -156,3 +156,17 @@ def test_a_nan_loss_stops_the_search_at_the_next_read(data):
                  log_every=2)
     with pytest.raises(FloatingPointError, match="DARTS loss is not finite"):
         s.fit(None, data)
+
+
+@pytest.mark.parametrize("order", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_the_search_loop_reads_nothing_on_the_host_per_step(data, order):
+    from core.testing.meta import OnMeta
+
+    space = DartsSpace(C=4, layers=3, num_classes=10, in_channels=1, steps=2)
+    reads = []
+    for steps in (2, 4):
+        with OnMeta() as mode:  # a value read on the host counts as one read (a placeholder comes back)
+            searcher(space, epochs=1, steps_per_epoch=steps, batch_size=8, supernet={"C": 4, "layers": 3},
+                     order=order, device="meta").fit(None, data)
+        reads.append(mode.host_reads)
+    assert reads[0] == reads[1]  # the reads are per epoch (the summary, the derived arch), none per step
