@@ -91,7 +91,7 @@ def check_fraction(value: float, key: str, low_open: bool = True) -> None:
         raise ConfigError(f"{key}: expected a fraction in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
 
 
-def _tensor_source(dataset: Dataset):
+def tensor_source(dataset: Dataset):
     """(tensors, indices) when `dataset` is a TensorDataset or a (nested) Subset of one, else None."""
     import torch
     from torch.utils.data import Subset, TensorDataset
@@ -146,7 +146,7 @@ class DeviceBatches:
 
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         cuda = self.device.type == "cuda"
-        source = _tensor_source(dataset)
+        source = tensor_source(dataset)
         self.loader = None
         if source is None:
             self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
@@ -179,24 +179,3 @@ class DeviceBatches:
                 batch = tuple((t.pin_memory() if cuda else t).to(self.device, non_blocking=cuda) for t in batch)
             yield batch
 
-
-def task_batches(task, dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0, device=None,
-                 collate=None) -> Iterable:
-    """The batches of `task.loader(dataset, batch_size, shuffle, seed)` (with `task` None: of a DataLoader with
-    `collate`, shuffled by a generator seeded with `seed`), the same samples in the same order.
-
-    An in-memory tensor dataset that the task batches with torch's default collate and its own `loader` comes
-    through `DeviceBatches` (gathered on `device`, no collate); any other comes from the loader as it is, on
-    the host (move its batches with `to_device`).
-    """
-    from torch.utils.data import DataLoader
-
-    from core.task import Task
-
-    plain = (collate is None) if task is None else (task.collate is None and type(task).loader is Task.loader)
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    if plain and _tensor_source(dataset) is not None:
-        return DeviceBatches(dataset, batch_size, shuffle=shuffle, generator=generator, device=device)
-    if task is not None:
-        return task.loader(dataset, batch_size, shuffle=shuffle, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)

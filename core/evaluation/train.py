@@ -24,14 +24,14 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from core.engine.data import DataSplits, task_batches, to_device
+from core.engine.data import DataSplits, to_device
 from core.engine.meter import StepMeter
 from core.engine.registry import EVALUATORS
 from core.evaluation.base import Evaluator
 from core.evaluation.costs import CostMetrics
 from core.evaluation.result import Result
 from core.api import Arch, SearchSpace
-from core.task import Task
+from core.task import Task, task_batches
 
 
 class NaNLoss(RuntimeError):

@@ -31,7 +31,7 @@ lives once, in `BilevelSearcher.fit`:
 - checkpoint/resume after every epoch (`core.engine.runs`), the progress bar
   and one history row per epoch.
 - no per-step host reads: batches of an in-memory tensor dataset are gathered
-  on the device (`core.engine.data.task_batches`), and the weight loss and the
+  on the device (`core.task.task_batches`), and the weight loss and the
   step logs are summed on the device and read once per `log_every` steps
   (`core.engine.meter.StepMeter`; a NaN or infinite loss stops the search at
   that read, naming the steps). On a GPU the loop never waits for the host.
@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from core.api import Arch, SearchSpace, architecture_parameters, choice_modules, set_mixture
-from core.engine.data import DataSplits, cycle, split_indices, task_batches, to_device
+from core.engine.data import DataSplits, cycle, split_indices, to_device
 from core.engine.meter import StepMeter
 from core.engine.progress import progress_enabled
 from core.engine.registry import ConfigError
@@ -68,7 +68,7 @@ from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.objective import Objective
 from core.oneshot.base import Searcher
 from core.oneshot.unrolled import unrolled_gradients
-from core.task import Task
+from core.task import Task, task_batches
 
 
 class BilevelSearcher(Searcher):
@@ -195,7 +195,7 @@ class BilevelSearcher(Searcher):
 
     def loader(self, dataset: Dataset, seed: int) -> DataLoader:
         """A loader over one half, shuffled by a generator seeded with `seed` (the task's loader, or its
-        batches gathered on the device for an in-memory tensor dataset: `core.engine.data.task_batches`)."""
+        batches gathered on the device for an in-memory tensor dataset: `core.task.task_batches`)."""
         return task_batches(self.task, dataset, self.batch_size, shuffle=True, seed=seed, device=self.device,
                             collate=self.collate)
 

@@ -29,7 +29,7 @@ per epoch, so a resumed run gives the same supernet as an uninterrupted one.
 
 On a GPU the loop does not wait for the host every step: batches of an
 in-memory tensor dataset are gathered on the device
-(`core.engine.data.task_batches`), and the loss and what the task's loss
+(`core.task.task_batches`), and the loss and what the task's loss
 logs are summed on the device and read once per `log_every` steps
 (`core.engine.meter.StepMeter`; a NaN loss stops training at that read).
 """
@@ -49,9 +49,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from core.engine.progress import progress_enabled
-from core.engine.data import DataSplits, task_batches, to_device
+from core.engine.data import DataSplits, to_device
 from core.engine.meter import StepMeter
-from core.task import Task
+from core.task import Task, task_batches
 from core.engine.runs import load_checkpoint, save_checkpoint
 from core.api import Arch, SearchSpace, activate
 
