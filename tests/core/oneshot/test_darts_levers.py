@@ -81,6 +81,7 @@ def test_fused_cells_fall_back_to_the_plain_edge_for_single_paths_and_sparse_rel
     assert torch.allclose(net(x), plain(x), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lever, tolerance", [({"fused_edges": True}, 1e-5), ({"channels_last": True}, 1e-5),
                                               ({"precision": "bf16"}, 2e-2),
                                               ({"fused_edges": True, "channels_last": True}, 1e-5),
@@ -150,6 +151,7 @@ def test_lever_keys_are_accepted_from_a_config():
         check_kwargs(DartsSearcher, {"fused_edges": "yes"}, "strategy")
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_search_at_the_next_read(data):
     space = DartsSpace(C=4, layers=3, in_channels=1, num_classes=10)
     s = searcher(space, epochs=1, steps_per_epoch=3, batch_size=16, supernet={"C": 4, "layers": 3}, lr=1e30,
@@ -158,7 +160,8 @@ def test_a_nan_loss_stops_the_search_at_the_next_read(data):
         s.fit(None, data)
 
 
-@pytest.mark.parametrize("order", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [1, 2])
 def test_the_search_loop_reads_nothing_on_the_host_per_step(data, order):
     from core.testing.meta import OnMeta
 
