@@ -297,7 +297,7 @@ CASES: list[Case] = [
          [*TINY_SEARCH, 'objective.constraints=["macs <= 1000"]', "search.max_rejected=30"],
          expect="macs <= 1000", leaves_run=True),
     Case("every-candidate-fails", "search", "search", QUICK, [*TINY_SEARCH, "evaluator.lr=1e30"],
-         expect="x failed: loss is nan", code=1, leaves_run=True),
+         expect="x failed: loss is not finite", code=1, leaves_run=True),
     # data files
     Case("imagefolder-corrupt-image-train", "data", "train", QUICK,
          ["data.name=imagefolder", "data.root={tmp}/imgs", "data.image_size=8", "data.val_fraction=0.4",
