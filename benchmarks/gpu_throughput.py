@@ -52,8 +52,10 @@ from core.engine.data import DataSplits  # noqa: E402
 from core.api import activate, architecture_parameters  # noqa: E402
 from core.zoo.darts import DartsSpace, genotype_to_arch  # noqa: E402
 from core.zoo.mobile import MobileSpace, cifar_space  # noqa: E402
+from core.oneshot.bilevel import BilevelSearcher  # noqa: E402
 from core.oneshot.darts import DartsSearcher, _GraphedStep, _on_side_stream  # noqa: E402
-from core.supernet.spos import SPOSTrainer, smoothed_cross_entropy, supernet_path  # noqa: E402
+from core.supernet.spos import SPOSTrainer, supernet_path  # noqa: E402
+from core.testing import TinyClassification  # noqa: E402
 
 SIZES = {  # name -> settings
     "full": {"spos": [("224 px, batch 64", "imagenet", 224, 64), ("32 px, batch 256", "cifar", 32, 256)],
@@ -159,7 +161,7 @@ def spos_rows(clock: Clock, rows: list, label: str, kind: str, px: int, batch: i
     def raw_step(read: bool = False):
         x, y = device_batches[rng.randrange(len(device_batches))]
         activate(supernet, supernet_path(space, space.sample(rng)))
-        loss = smoothed_cross_entropy(supernet(x), y, 0.1)
+        loss = F.cross_entropy(supernet(x), y, label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(supernet.parameters(), 5.0)
@@ -174,7 +176,8 @@ def spos_rows(clock: Clock, rows: list, label: str, kind: str, px: int, batch: i
         row(rows, section, "raw step + host read of the loss per step", read, batch, raw,
             "the trainer's loop before this change read 3 values per step")
         per_epoch = max(2, math.ceil(steps / 2))
-        trainer = SPOSTrainer(space, data, epochs=3, steps_per_epoch=per_epoch, batch_size=batch, device=str(device))
+        trainer = SPOSTrainer(space, data, TinyClassification(label_smoothing=0.1), epochs=3,
+                              steps_per_epoch=per_epoch, batch_size=batch, device=str(device))
         trainer.fit(supernet)
         clock.sync()
         timed = trainer.history[1:]
@@ -217,9 +220,11 @@ def spos_rows(clock: Clock, rows: list, label: str, kind: str, px: int, batch: i
 def darts_parts(settings: dict, device: torch.device, levers: dict):
     space = DartsSpace(C=settings["C"], layers=settings["layers"], num_classes=10)
     searcher = DartsSearcher(space, device=str(device), supernet={"C": settings["C"], "layers": settings["layers"]},
-                             batch_size=settings["batch"], **levers)
+                             batch_size=settings["batch"], task=TinyClassification(), **levers)
     torch.manual_seed(0)
-    model = searcher.prepare(space.supernet(C=settings["C"], layers=settings["layers"], num_classes=10))
+    model = space.supernet(C=settings["C"], layers=settings["layers"], num_classes=10).to(device)
+    searcher.supernet = model
+    searcher.setup(model)  # the levers: channels-last, fused edges, compile, bf16
     model.train()
     alphas = architecture_parameters(model)
     ids = {id(a) for a in alphas}
@@ -254,15 +259,15 @@ def darts_rows(clock: Clock, rows: list, settings: dict, steps: int, skip_compil
         (x, y), (xv, yv) = batches_on(device, data, batch, 2, fmt)
 
         def weight_step(x=x, y=y, searcher=searcher, model=model, weights=weights, w_opt=w_opt):
-            loss = F.cross_entropy(searcher._run(model, x), y)
+            loss = F.cross_entropy(searcher.forward_of(model)(x), y)
             w_opt.zero_grad(set_to_none=True)
             loss.backward(inputs=weights)
             nn.utils.clip_grad_norm_(weights, 5.0)
             w_opt.step()
             return loss.detach(), loss.detach()
 
-        def search_step(searcher=searcher, model=model):
-            return searcher.step(model, x, y, xv, yv, alphas, weights, w_opt, a_opt, 0.025)
+        def search_step(searcher=searcher, model=model):  # the plain step: the graph, if any, is made below
+            return BilevelSearcher.train_step(searcher, model, (x, y), (xv, yv), False, alphas, weights, w_opt, a_opt)
 
         note = ""
         for kind, fn in (("weight", weight_step), ("search", search_step)):
@@ -271,7 +276,7 @@ def darts_rows(clock: Clock, rows: list, settings: dict, steps: int, skip_compil
                 for _ in range(3):
                     _on_side_stream(fn)
                 graph = _GraphedStep(lambda fn=fn: fn(), ())
-                call = graph
+                call = (lambda graph=graph: graph(()))
             if searcher.compile:
                 clock.sync()
                 first = time.perf_counter()

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from core.api import Arch, SearchSpace
-from core.engine.data import DataSplits, to_device
+from core.engine.data import DataSplits, DeviceBatches, tensor_source, to_device
 from core.engine.registry import DATASETS, EVALUATORS, SPACES, ConfigError, check_kwargs
 
 
@@ -214,6 +214,24 @@ def batches_on(loader: Iterable, model: nn.Module) -> Iterable:
         yield to_device(batch, device)
 
 
+def task_batches(task: Task | None, dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 device: torch.device | str | None = None, collate: Callable | None = None) -> Iterable:
+    """The batches of `task.loader(dataset, batch_size, shuffle, seed)` (with `task` None: of a DataLoader with
+    `collate`, shuffled by a generator seeded with `seed`), the same samples in the same order.
+
+    An in-memory tensor dataset that the task batches with torch's default collate and its own `loader` comes
+    through `DeviceBatches` (gathered on `device`, no collate); any other comes from the loader as it is, on
+    the host (move its batches with `to_device`).
+    """
+    plain = (collate is None) if task is None else (task.collate is None and type(task).loader is Task.loader)
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    if plain and tensor_source(dataset) is not None:
+        return DeviceBatches(dataset, batch_size, shuffle=shuffle, generator=generator, device=device)
+    if task is not None:
+        return task.loader(dataset, batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+
+
 def check_finite(loss: torch.Tensor, where: str) -> None:
     """Raise FloatingPointError naming `where` when the loss is NaN or infinite (one sync with the device)."""
     value = float(loss.detach())
@@ -221,4 +239,4 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
         raise FloatingPointError(f"loss is {value} at {where}")
 
 
-__all__ = ["Task", "DataSplits", "model_device", "batches_on", "check_finite"]
+__all__ = ["Task", "DataSplits", "model_device", "batches_on", "task_batches", "check_finite"]

@@ -163,6 +163,7 @@ SEARCHERS = {
     "darts": darts,
     "darts_second_order_gumbel": functools.partial(darts, order=2, relaxation="gumbel"),
     "darts_sparsestmax": functools.partial(darts, relaxation="sparsestmax"),
+    "darts_fused_channels_last_bf16": functools.partial(darts, fused_edges=True, channels_last=True, precision="bf16"),
     "spos": spos,
     "supernet_evaluator": supernet_evaluator,
     "train_evaluator": train_evaluator,
@@ -179,8 +180,8 @@ SEARCHERS = {
 
 
 #: slower on the meta device (many small ops, each through Python); `-m slow` runs them
-SLOW_ON_META = {"darts_second_order_gumbel", "darts_sparsestmax", "hitdet_screening",
-                "trilevel_sr", "pocketnet", "hournas"}
+SLOW_ON_META = {"darts_second_order_gumbel", "darts_sparsestmax", "darts_fused_channels_last_bf16",
+                "hitdet_screening", "trilevel_sr", "pocketnet", "hournas"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ON_META else n
@@ -210,6 +211,24 @@ def test_searcher_runs_on_cuda(name):
     SEARCHERS[name]("cuda")
     torch.cuda.synchronize()
 
+
+
+@cuda
+@pytest.mark.cuda
+def test_darts_cuda_graphs_replay_the_eager_search():
+    from core.oneshot import DartsSearcher
+    from core.testing import TinyClassification
+    from core.zoo.darts import DartsSpace
+
+    space = DartsSpace(C=4, layers=3, num_classes=10, in_channels=1, steps=2)
+    runs = {}
+    for graphs in (False, True):
+        searcher = DartsSearcher(space, epochs=2, steps_per_epoch=6, batch_size=8, arch_lr=0.05, device="cuda",
+                                 supernet={"C": 4, "layers": 3}, cuda_graphs=graphs, task=TinyClassification())
+        runs[graphs] = (searcher.fit(None, digits()), searcher.history)
+    assert runs[True][0] == runs[False][0]
+    for a, b in zip(runs[True][1], runs[False][1]):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
 
 TASK_TRAININGS = {
     "classification": ("configs/classification/quickstart.yaml", ["train.arch=mobilenetv2", "train.epochs=1"]),

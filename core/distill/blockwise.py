@@ -29,6 +29,7 @@ from torch import nn
 
 from core.api import activate
 from core.distill.teachers import StagedTeacher
+from core.engine.meter import StepMeter
 
 
 def guide_and_target(x: torch.Tensor, features: Sequence[torch.Tensor], index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,40 +40,48 @@ def guide_and_target(x: torch.Tensor, features: Sequence[torch.Tensor], index: i
 def train_block(block: nn.Module, index: int, teacher: StagedTeacher, loader: Iterable,
                 sample: Callable[[], Mapping[str, Any]], optimizer: torch.optim.Optimizer, steps: int,
                 steps_per_epoch: int, lr_decay: float = 0.9, device: torch.device | str | None = None,
-                on_step: Callable[[float, int], None] | None = None) -> list[list[tuple[float, int]]]:
+                on_step: Callable[[int], None] | None = None,
+                log_every: int = 50) -> list[list[tuple[float, int]]]:
     """Train `block` to map the teacher's stage `index`-1 output to its stage `index` output (DNA step 1).
 
     Every step activates the path `sample()` returns and takes one MSE step.
     The `steps` steps run in epochs of at most `steps_per_epoch` (a pass over
     `loader` at most, each pass a new shuffle); after every full epoch the
     learning rate is multiplied by `lr_decay` (DNA's 0.9 per epoch). Returns
-    each epoch's (loss, batch size) per step; `on_step(loss, batch size)` is
-    called after each step (progress bars).
+    each epoch's (loss, batch size) per step; `on_step(batch size)` is called
+    after each step (progress bars). The losses stay on the device and are
+    read once per epoch; a NaN or infinite loss is caught every `log_every`
+    steps (`core.engine.meter.StepMeter`).
     """
     epochs: list[list[tuple[float, int]]] = []
     done = 0
+    meter = StepMeter(f"DNA block {index} loss", log_every)
+    where = "; lower the learning rate"
     while done < steps:
         block.train()
-        epoch: list[tuple[float, int]] = []
+        losses: list[torch.Tensor] = []
+        sizes: list[int] = []
         for x, *_ in loader:
-            if len(epoch) >= steps_per_epoch or done >= steps:
+            if len(losses) >= steps_per_epoch or done >= steps:
                 break
-            x = x.to(device) if device is not None else x
+            x = x.to(device, non_blocking=True) if device is not None else x
             guide, target = guide_and_target(x, teacher(x, upto=index), index)
             activate(block, sample())
             loss = F.mse_loss(block(guide), target)
-            value = float(loss.detach())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"DNA block {index}: loss is {value}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            epoch.append((value, len(x)))
+            losses.append(loss.detach())
+            sizes.append(len(x))
+            meter.add(loss=loss)
+            meter.step(where)
             done += 1
             if on_step is not None:
-                on_step(value, len(x))
-        if not epoch:
+                on_step(len(x))
+        if not losses:
             raise ValueError(f"DNA block {index}: the training loader gave no batch")
+        meter.check(where)
+        epoch = list(zip(torch.stack(losses).double().cpu().tolist(), sizes))  # one host read per epoch
         epochs.append(epoch)
         if len(epoch) == steps_per_epoch:
             for group in optimizer.param_groups:

@@ -91,7 +91,7 @@ def check_fraction(value: float, key: str, low_open: bool = True) -> None:
         raise ConfigError(f"{key}: expected a fraction in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
 
 
-def _tensor_source(dataset: Dataset):
+def tensor_source(dataset: Dataset):
     """(tensors, indices) when `dataset` is a TensorDataset or a (nested) Subset of one, else None."""
     import torch
     from torch.utils.data import Subset, TensorDataset
@@ -146,7 +146,7 @@ class DeviceBatches:
 
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         cuda = self.device.type == "cuda"
-        source = _tensor_source(dataset)
+        source = tensor_source(dataset)
         self.loader = None
         if source is None:
             self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
@@ -178,3 +178,4 @@ class DeviceBatches:
             if on != self.device:
                 batch = tuple((t.pin_memory() if cuda else t).to(self.device, non_blocking=cuda) for t in batch)
             yield batch
+

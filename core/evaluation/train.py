@@ -17,7 +17,6 @@ the full-size network at the task's example input, whatever the proxy.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -26,12 +25,13 @@ from torch import nn
 from torch.utils.data import Subset
 
 from core.engine.data import DataSplits, to_device
+from core.engine.meter import StepMeter
 from core.engine.registry import EVALUATORS
 from core.evaluation.base import Evaluator
 from core.evaluation.costs import CostMetrics
 from core.evaluation.result import Result
 from core.api import Arch, SearchSpace
-from core.task import Task
+from core.task import Task, task_batches
 
 
 class NaNLoss(RuntimeError):
@@ -136,7 +136,8 @@ class TrainEvaluator(Evaluator):
         proxy does."""
         if state is None:
             trainable = self.task.trainable(model, self.data)
-            loader = self.task.loader(self._train, self.batch_size, shuffle=True, seed=self.seed)
+            loader = task_batches(self.task, self._train, self.batch_size, shuffle=True, seed=self.seed,
+                                  device=self.device)
             if self.optimizer == "adam":
                 opt = torch.optim.Adam(trainable.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             else:
@@ -149,17 +150,18 @@ class TrainEvaluator(Evaluator):
             state = {"trainable": trainable, "optimizer": opt, "scheduler": sched, "loader": loader, "epochs": 0}
         trainable, opt, sched = state["trainable"], state["optimizer"], state["scheduler"]
         trainable.train()
+        meter = StepMeter("loss", every=20, error=NaNLoss)  # summed on the device: a diverged run fails <= 20 steps late
         for epoch in range(state["epochs"], epochs):
-            for step, batch in enumerate(self._batches(state["loader"])):
+            for batch in self._batches(state["loader"]):
                 loss, _ = self.task.loss(trainable, to_device(batch, self.device))
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise NaNLoss(f"loss is {value} at epoch {epoch} step {step}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(trainable.parameters(), 5.0)
                 opt.step()
                 sched.step()
+                meter.add(loss=loss)
+                meter.step(f"of epoch {epoch}")
+            meter.check(f"of epoch {epoch}")
             state["epochs"] = epoch + 1
         return state
 

@@ -30,19 +30,27 @@ lives once, in `BilevelSearcher.fit`:
   sparsestmax radius per step).
 - checkpoint/resume after every epoch (`core.engine.runs`), the progress bar
   and one history row per epoch.
+- no per-step host reads: batches of an in-memory tensor dataset are gathered
+  on the device (`core.task.task_batches`), and the weight loss and the
+  step logs are summed on the device and read once per `log_every` steps
+  (`core.engine.meter.StepMeter`; a NaN or infinite loss stops the search at
+  that read, naming the steps). On a GPU the loop never waits for the host.
 
 A searcher supplies what differs between methods: `build_supernet`, its
 `weight_loss` and `arch_loss` (the loss plus its penalty), its `derive`, and
 where it needs them the hooks `prepare` (before the supernet exists),
 `setup` (on the built supernet), `init_architecture`, `parameter_groups`,
-`weight_optimizer`, `weight_scheduler`, `halves`, `relax`, `epoch_summary`,
-`end_epoch` and `checkpoint_extra`/`restore`.
+`weight_optimizer`, `weight_scheduler`, `halves`, `relax`, `train_step` (one
+architecture + weight step: DARTS replays it as a CUDA graph),
+`epoch_summary`, `end_epoch` and `checkpoint_extra`/`restore`. Step logs may
+be tensors (summed on the device) or numbers.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +61,14 @@ from tqdm.auto import tqdm
 
 from core.api import Arch, SearchSpace, architecture_parameters, choice_modules, set_mixture
 from core.engine.data import DataSplits, cycle, split_indices, to_device
+from core.engine.meter import StepMeter
 from core.engine.progress import progress_enabled
 from core.engine.registry import ConfigError
 from core.engine.runs import resume_epoch_state, save_epoch_state
 from core.objective import Objective
 from core.oneshot.base import Searcher
 from core.oneshot.unrolled import unrolled_gradients
-from core.task import Task
+from core.task import Task, task_batches
 
 
 class BilevelSearcher(Searcher):
@@ -100,7 +109,7 @@ class BilevelSearcher(Searcher):
                  warmup_epochs: int = 0, order: int = 1, relaxation: str = "softmax",
                  temperature: tuple[float, float] = (10.0, 0.1), hard: bool = False, end_fraction: float = 1.0,
                  unrolled_eps: float = 0.01, checkpoint: str | None = None, progress: bool = False,
-                 device: str = "cpu", task: Task | None = None):
+                 device: str = "cpu", task: Task | None = None, log_every: int = 50):
         if self.second_order and not self.weight_batch_first:
             raise TypeError(f"{type(self).__name__}: the second-order gradient needs weight_batch_first")
         if order not in (1, 2) or (order == 2 and not self.second_order):
@@ -117,7 +126,9 @@ class BilevelSearcher(Searcher):
                               f"got {warmup_epochs!r} (alpha would never train)")
         if len(temperature) != 2 or min(temperature) <= 0:
             raise ConfigError(f"strategy.temperature: expected [start, end] > 0, got {temperature!r}")
-        self.task = task
+        if not isinstance(log_every, int) or log_every < 1:
+            raise ConfigError(f"strategy.log_every: expected an integer >= 1, got {log_every!r}")
+        self.task, self.log_every = task, log_every
         self.space, self.seed, self.objective = space, seed, objective
         self.epochs, self.batch_size, self.steps_per_epoch = epochs, batch_size, steps_per_epoch
         self.train_portion, self.warmup_epochs, self.order = train_portion, warmup_epochs, order
@@ -183,11 +194,10 @@ class BilevelSearcher(Searcher):
         return Subset(data.train, first), Subset(data.train, second)
 
     def loader(self, dataset: Dataset, seed: int) -> DataLoader:
-        """A loader over one half, shuffled by a generator seeded with `seed`."""
-        if self.task is not None:
-            return self.task.loader(dataset, self.batch_size, shuffle=True, seed=seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate,
-                          generator=torch.Generator().manual_seed(seed))
+        """A loader over one half, shuffled by a generator seeded with `seed` (the task's loader, or its
+        batches gathered on the device for an in-memory tensor dataset: `core.task.task_batches`)."""
+        return task_batches(self.task, dataset, self.batch_size, shuffle=True, seed=seed, device=self.device,
+                            collate=self.collate)
 
     def seed_epoch(self, seed: int) -> None:
         """Reseed the global generators an epoch draws from (dropout, Gumbel noise, detector samplers)."""
@@ -307,7 +317,9 @@ class BilevelSearcher(Searcher):
         warmup = epoch < self.warmup_epochs
         model.train()
         started = time.perf_counter()
-        sums: dict[str, float] = {}
+        check = StepMeter(f"{self.title} loss", self.log_every)   # the weight loss, checked every log_every steps
+        sums = StepMeter(self.title, self.log_every, check=())      # the step logs, read at the end of the epoch
+        where = f"of epoch {epoch}"
         if self.weight_batch_first:
             schedule = enumerate(train_loader)
         else:
@@ -318,18 +330,34 @@ class BilevelSearcher(Searcher):
                 break
             batch = None if batch is None else to_device(batch, self.device)
             self.relax(model, epoch, step, steps)
-            if not warmup:
-                val_batch = to_device(next(val_batches), self.device)
-                _add(sums, self._arch_step(model, batch, val_batch, alphas, weights, w_opt, a_opt))
-            if batch is None:
-                batch = to_device(next(later), self.device)
-            _add(sums, self._weight_step(model, batch, warmup, weights, w_opt, f"epoch {epoch} step {step}"))
+            val_batch = None if warmup else to_device(next(val_batches), self.device)
+            draw = None if batch is not None else (lambda: to_device(next(later), self.device))
+            loss, logs = self.train_step(model, batch, val_batch, warmup, alphas, weights, w_opt, a_opt, draw)
+            check.add(loss=loss)
+            check.step(where)
+            sums.add(**logs)
             if self.scheduler_interval == "step":
                 scheduler.step()
             bar.update(1)
-        summary = self.epoch_summary(model, epoch, sums, steps, warmup)
+        check.check(where)
+        summary = self.epoch_summary(model, epoch, sums.totals(where), steps, warmup)
         return {"epoch": epoch, **summary, "lr": w_opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started, "arch": self.derive(model).to_dict()}
+
+    def train_step(self, model: nn.Module, batch: Any, val_batch: Any, warmup: bool, alphas: list[nn.Parameter],
+                   weights: list[nn.Parameter], w_opt: torch.optim.Optimizer, a_opt: torch.optim.Optimizer,
+                   draw: Callable[[], Any] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One step of the loop: the architecture step on `val_batch` (none in warm-up: `val_batch` is None),
+        then the weight step on `batch` (when None, on `draw()`, called after the architecture step).
+        Returns the detached weight loss and the step's logs, still on the device (no host read)."""
+        logs: dict[str, Any] = {}
+        if val_batch is not None:
+            _add(logs, self._arch_step(model, batch, val_batch, alphas, weights, w_opt, a_opt))
+        if batch is None:
+            batch = draw()
+        loss, weight_logs = self._weight_step(model, batch, warmup, weights, w_opt)
+        _add(logs, weight_logs)
+        return loss, logs
 
     def _arch_step(self, model, batch, val_batch, alphas, weights, w_opt, a_opt) -> dict[str, float]:
         """One architecture step on `val_batch` (order 2 also needs the weight step's `batch`)."""
@@ -344,18 +372,15 @@ class BilevelSearcher(Searcher):
         a_opt.zero_grad(set_to_none=True)
         return logs
 
-    def _weight_step(self, model, batch, warmup, weights, w_opt, where: str) -> dict[str, float]:
-        """One weight step on `batch`; the loss must be finite."""
+    def _weight_step(self, model, batch, warmup, weights, w_opt) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One weight step on `batch`; returns the detached loss (checked for NaN by the loop) and the logs."""
         loss, logs = self.weight_loss(model, batch, warmup)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{self.title} loss is {value} at {where}")
         w_opt.zero_grad(set_to_none=True)
         loss.backward(inputs=weights)
         if self.grad_clip:
             nn.utils.clip_grad_norm_(weights, self.grad_clip)
         w_opt.step()
-        return logs
+        return loss.detach(), logs
 
 
 def _add(sums: dict[str, float], logs: dict[str, float]) -> None:

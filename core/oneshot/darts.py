@@ -43,6 +43,29 @@ is a `DartsSpace` and searches with this class.
 
 This is a `core.oneshot.base.Searcher` (a `BilevelSearcher`): `archforge search`
 calls `search(context)` -> `fit(None, data)` and gets the derived `Arch`.
+
+Speed on a GPU. A DARTS step on the paper's supernet (C=16, 8 cells, batch
+64, 32 px) runs thousands of small kernels, so the GPU mostly waits for
+Python to launch them. The loop never waits for the host (the bilevel loop's
+device-side batches and step sums; the second-order step without host
+reads), and five levers, each off by default, cut the launch cost further:
+
+- `fused_edges`: each edge runs its two separable convs as one grouped conv
+  chain and its two dilated convs as another (3x3 kernels zero-padded to
+  5x5), skips the `none` op (its output is 0), and sums the candidates in one
+  op (`core.zoo.darts.fuse_edges`); the same function, same weights;
+- `channels_last`: NHWC memory format for the supernet and its inputs;
+- `precision: bf16`: forward passes under bfloat16 autocast (weights,
+  gradients and optimiser states stay float32; the outputs are cast back to
+  float32 before the loss); `fp16` is refused: float16 needs loss scaling,
+  which this loop does not do;
+- `compile`: `torch.compile` of the supernet (`true`, a mode such as
+  `max-autotune-no-cudagraphs`, or a backend name);
+- `cuda_graphs`: the whole step (architecture step + weight step, optimisers
+  included) is captured as a CUDA graph after two eager steps, once per
+  epoch (the learning rate and the relaxation's settings are fixed within
+  one), and replayed for every batch of the captured shapes (softmax and
+  Gumbel relaxations; CUDA only).
 """
 
 from __future__ import annotations
@@ -53,6 +76,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
 
 from core.api import Arch, SearchSpace, choice_modules, derive
 from core.api.relax import RELAXATIONS, relax
@@ -64,6 +88,14 @@ from core.supernet.spos import build_supernet
 from core.task import Task
 
 RELAXATION_NAMES = ("softmax", "gumbel", "sparsestmax", "sparsemax")
+#: `precision` values ("32" is the older spelling of "fp32")
+PRECISIONS = ("fp32", "32", "bf16")
+#: relaxations a CUDA graph can replay (the sparse ones read their weights on the host every step)
+GRAPH_RELAXATIONS = ("softmax", "gumbel")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+#: eager steps before a step is captured as a CUDA graph (they also create the optimiser states)
+GRAPH_WARMUP = 2
 
 
 @STRATEGIES.register("darts")
@@ -81,7 +113,23 @@ class DartsSearcher(BilevelSearcher):
                  arch_weight_decay: float = 1e-3, unrolled_eps: float = 0.01,
                  temperature: tuple[float, float] = (10.0, 0.1), hard: bool = False, end_fraction: float = 1.0,
                  steps_per_epoch: int | None = None, supernet: dict | None = None, checkpoint: str | None = None,
-                 progress: bool = False, device: str = "cpu", task: Task | None = None):
+                 progress: bool = False, device: str = "cpu", task: Task | None = None, log_every: int = 50,
+                 fused_edges: bool = False, channels_last: bool = False, precision: str = "fp32",
+                 compile: bool | str = False, cuda_graphs: bool = False):
+        if precision == "fp16":
+            raise ConfigError("strategy.precision: fp16 needs loss scaling, which the DARTS step does not do; "
+                              "use bf16 (or fp32)")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"strategy.precision: expected fp32 or bf16, got {precision!r}")
+        if compile is not False and compile is not True and compile not in COMPILE_MODES + COMPILE_BACKENDS:
+            raise ConfigError(f"strategy.compile: expected true, false, a mode {COMPILE_MODES} or a backend "
+                              f"{COMPILE_BACKENDS}, got {compile!r}")
+        if cuda_graphs and torch.device(device).type != "cuda":
+            raise ConfigError(f"strategy.cuda_graphs: needs device cuda (CUDA graphs replay GPU kernels), "
+                              f"got device {device!r}")
+        if cuda_graphs and relaxation not in GRAPH_RELAXATIONS:
+            raise ConfigError(f"strategy.cuda_graphs: needs a relaxation in {GRAPH_RELAXATIONS} (the sparse ones "
+                              f"read their weights on the host every step), got {relaxation!r}")
         if relaxation not in RELAXATION_NAMES:
             raise ConfigError(f"strategy.relaxation: expected one of {RELAXATION_NAMES}, got {relaxation!r}")
         if relaxation not in RELAXATIONS:
@@ -92,8 +140,16 @@ class DartsSearcher(BilevelSearcher):
                          arch_betas=arch_betas, arch_weight_decay=arch_weight_decay, order=order,
                          relaxation=relaxation, temperature=temperature, hard=hard, end_fraction=end_fraction,
                          unrolled_eps=unrolled_eps, checkpoint=checkpoint, progress=progress, device=device,
-                         task=task)
+                         task=task, log_every=log_every)
         self.supernet_kwargs = dict(supernet or {})
+        self.fused_edges, self.channels_last, self.compile = bool(fused_edges), bool(channels_last), compile
+        self.precision = "fp32" if precision == "32" else precision
+        self.cuda_graphs = bool(cuda_graphs)
+        self._forward: _Forward | None = None
+        self._graph: _GraphedStep | None = None
+        self._graph_key: Any = None
+        self._eager_steps = 0
+        self.relax_kwargs_now: dict[str, Any] = {}
 
     def progress_label(self) -> str:
         return f"DARTS ({self.relaxation}, order {self.order})"
@@ -106,6 +162,61 @@ class DartsSearcher(BilevelSearcher):
     def build_supernet(self, data: DataSplits) -> nn.Module:
         return build_supernet(self.space, data.num_classes, **self.supernet_kwargs)
 
+    def setup(self, model: nn.Module) -> None:
+        """Switch on the speed levers asked for on the supernet (already on the device): channels-last,
+        fused edges, compile (the compiled forward is kept aside, sharing the supernet's parameters)."""
+        super().setup(model)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.fused_edges:
+            from core.zoo.darts.fused import fuse_edges
+
+            if not fuse_edges(model):
+                raise ConfigError(f"strategy.fused_edges: {type(model).__name__} has no DARTS search cell whose "
+                                  "edges can be fused (the 8 DARTS ops)")
+        compiled = None
+        if self.compile:
+            kind = "mode" if self.compile in COMPILE_MODES else "backend"
+            compiled = torch.compile(model, **({} if self.compile is True else {kind: self.compile}))
+        self._forward = None
+        if compiled is not None or self.channels_last or self.precision == "bf16":
+            self._forward = _Forward(model, compiled, self.channels_last, self.precision == "bf16")
+        self._graph, self._graph_key, self._eager_steps = None, None, 0
+
+    def arch_optimizer(self, alphas: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """Adam; its step counter lives on the device when the step is replayed as a CUDA graph."""
+        return torch.optim.Adam(alphas, lr=self.arch_lr, betas=self.arch_betas, weight_decay=self.arch_weight_decay,
+                                capturable=self.cuda_graphs)
+
+    def forward_of(self, model: nn.Module) -> Callable[..., Any]:
+        """What runs `model`'s forward: the levers' wrapper (compiled, channels-last inputs, bf16 autocast)
+        for the searched supernet, else the module itself."""
+        return self._forward if self._forward is not None and model is self.supernet else model
+
+    def train_step(self, model, batch, val_batch, warmup, alphas, weights, w_opt, a_opt, draw=None):
+        """The bilevel step; with `cuda_graphs`, two eager steps on a side stream, then the step captured once
+        (per learning rate and relaxation setting: once per epoch) and replayed for batches of the same shapes."""
+        if not self.cuda_graphs or batch is None or val_batch is None:
+            return super().train_step(model, batch, val_batch, warmup, alphas, weights, w_opt, a_opt, draw)
+
+        def step(*b):
+            return BilevelSearcher.train_step(self, model, b[0], b[1], warmup, alphas, weights, w_opt, a_opt)
+
+        key = (w_opt.param_groups[0]["lr"], repr(self.relax_kwargs_now))
+        if key != self._graph_key:
+            self._graph, self._graph_key, self._eager_steps = None, key, 0
+        inputs = (batch, val_batch)
+        if self._graph is None and self._eager_steps >= GRAPH_WARMUP:
+            self._graph = _GraphedStep(step, inputs)
+        if self._graph is not None and self._graph.accepts(inputs):
+            return self._graph(inputs)
+        self._eager_steps += 1
+        return _on_side_stream(lambda: step(*inputs))
+
+    def relax(self, model: nn.Module, epoch: int, step: int, steps: int) -> None:
+        self.relax_kwargs_now = self.relax_kwargs(epoch, step, steps)
+        super().relax(model, epoch, step, steps)
+
     def init_architecture(self, alphas: list[nn.Parameter]) -> None:
         """Logits with all entries equal restart at 1e-3 * N(0, 1) (DARTS's `_initialize_alphas`)."""
         gen = torch.Generator().manual_seed(self.seed)
@@ -114,14 +225,14 @@ class DartsSearcher(BilevelSearcher):
                 if a.numel() > 1 and bool((a == a.reshape(-1)[0]).all()):
                     a.copy_(1e-3 * torch.randn(a.shape, generator=gen).to(a))
 
-    def weight_loss(self, model: nn.Module, batch: Any, warmup: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, logs = self.task.loss(model, batch)
+    def weight_loss(self, model: nn.Module, batch: Any, warmup: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The task's loss; its sums (loss x n, correct, n) stay on the device."""
+        loss, logs = self.task.loss(self.forward_of(model), batch)
         n = int(logs.get("n", 1))
-        return loss, {"train_loss": float(loss.detach()) * n, "correct": float(logs.get("correct", 0.0)),
-                      "n_train": n}
+        return loss, {"train_loss": loss.detach() * n, "correct": logs.get("correct", 0.0), "n_train": n}
 
     def arch_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.task.loss(model, batch)[0], {}
+        return self.task.loss(self.forward_of(model), batch)[0], {}
 
     def epoch_summary(self, model: nn.Module, epoch: int, sums: dict[str, float], steps: int,
                       warmup: bool) -> dict[str, Any]:
@@ -170,6 +281,61 @@ class DartsSearcher(BilevelSearcher):
         return seen
 
 
+class _Forward:
+    """The supernet's forward with the levers on: inputs in channels-last, the compiled module when there is
+    one, bf16 autocast with floating outputs cast back to float32."""
+
+    def __init__(self, model: nn.Module, compiled: Callable[..., Any] | None, channels_last: bool, bf16: bool):
+        self.model, self.run = model, compiled if compiled is not None else model
+        self.channels_last, self.bf16 = channels_last, bf16
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.channels_last and torch.is_tensor(x) and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.bf16 or not torch.is_tensor(x) or not torch.amp.is_autocast_available(x.device.type):
+            return self.run(x, *args, **kwargs)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = self.run(x, *args, **kwargs)
+        return tree_map(lambda t: t.float() if torch.is_tensor(t) and t.is_floating_point() else t, out)
+
+
+def _on_side_stream(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on a side CUDA stream, as eager steps before a graph capture must (torch.cuda.graphs docs)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn()
+    torch.cuda.current_stream().wait_stream(side)
+    return out
+
+
+class _GraphedStep:
+    """A step captured as a CUDA graph: each batch is copied into static inputs and the graph replayed.
+
+    Capturing records the kernels without running them, so the parameters, buffers and optimiser states
+    are those the eager steps before it left, and every replay is one real step. `step(*inputs)` returns a
+    tree of tensors and plain values (the plain values are those of the capture)."""
+
+    def __init__(self, step: Callable[..., Any], example: tuple[Any, ...]):
+        self.inputs = tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, example)
+        leaves, self.spec = tree_flatten(self.inputs)
+        self.shapes = [(t.shape, t.dtype) if torch.is_tensor(t) else t for t in leaves]
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = step(*self.inputs)
+
+    def accepts(self, inputs: tuple[Any, ...]) -> bool:
+        leaves, spec = tree_flatten(inputs)
+        return spec == self.spec and [(t.shape, t.dtype) if torch.is_tensor(t) else t for t in leaves] == self.shapes
+
+    def __call__(self, inputs: tuple[Any, ...]) -> Any:
+        for static, value in zip(tree_flatten(self.inputs)[0], tree_flatten(inputs)[0]):
+            if torch.is_tensor(static):
+                static.copy_(value)
+        self.graph.replay()
+        return tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, self.outputs)
+
+
 def darts_derive(space, supernet: nn.Module, weights_fn: Callable[[torch.Tensor], torch.Tensor]) -> Arch:
     """The DARTS rule (`core.zoo.darts`) on the weights `weights_fn(logits)` of each edge.
 
@@ -192,4 +358,4 @@ def darts_derive(space, supernet: nn.Module, weights_fn: Callable[[torch.Tensor]
     return space.check(genotype_to_arch(Genotype(**fields)))
 
 
-__all__ = ["DartsSearcher", "darts_derive", "RELAXATION_NAMES"]
+__all__ = ["DartsSearcher", "darts_derive", "RELAXATION_NAMES", "PRECISIONS", "COMPILE_MODES", "COMPILE_BACKENDS"]

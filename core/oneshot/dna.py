@@ -148,7 +148,7 @@ class DNASearch(Searcher):
                  score_batches: int = 20, recalib_batches: int = 1, metric: str = "cl_loss",
                  constraint: str | None = None, input_size: int | None = None, fixed_blocks: list = (),
                  traversal: str = "exact", max_paths: int | None = None, checkpoint: str | None = None,
-                 device: str = "cpu", progress: bool = False, task: Task | None = None):
+                 device: str = "cpu", progress: bool = False, task: Task | None = None, log_every: int = 50):
         self.task = task
         for needed in ("blockwise_supernet", "block_choices", "cost_table", "arch_from_paths"):
             if not hasattr(space, needed):
@@ -180,7 +180,7 @@ class DNASearch(Searcher):
         self.constraint = self._constraint(constraint, objective)
         self.input_size, self.traversal, self.max_paths = input_size, traversal, max_paths
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.device, self.progress = torch.device(device), progress
+        self.device, self.progress, self.log_every = torch.device(device), progress, log_every
         self.history: dict[int, list[float]] = {}
         self.scores: dict[int, list[PathScore]] = {}
         self.result: dict[str, Any] | None = None
@@ -274,13 +274,11 @@ class DNASearch(Searcher):
         def sample():
             return self.space.block_arch(i, [rng.randrange(k) for k in n_ops])
 
-        def on_step(loss: float, n: int) -> None:
+        def on_step(n: int) -> None:
             bar.update(1)
-            bar.set_postfix(mse=f"{loss:.4g}", refresh=False)
 
         epochs = train_block(block, i, teacher, loader, sample, opt, self.epochs_per_block * steps, steps,
-                             self.lr_decay, self.device, on_step)
-        bar.close()
+                             self.lr_decay, self.device, on_step, self.log_every)
         losses = []
         for epoch in epochs:
             total, count = 0.0, 0
@@ -288,6 +286,9 @@ class DNASearch(Searcher):
                 total += loss * n
                 count += n
             losses.append(total / max(count, 1))
+        if losses:
+            bar.set_postfix(mse=f"{losses[-1]:.4g}", refresh=False)
+        bar.close()
         return losses
 
     # -- step 2: ranking ------------------------------------------------------------------------

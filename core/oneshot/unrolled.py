@@ -53,9 +53,8 @@ def unrolled_gradients(model: nn.Module, train_loss: Callable[[], torch.Tensor],
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         d_alpha, vector = grads[:len(alphas)], grads[len(alphas):]
         norm = torch.sqrt(sum((v * v).sum() for v in vector))
-        if float(norm) == 0.0:
-            return d_alpha
-        r = eps / float(norm)
+        # r = eps / ||v|| as a device scalar (no host read); a zero v gives a zero implicit term
+        r = eps / norm.clamp_min(torch.finfo(norm.dtype).tiny)
         implicit = []
         for sign in (1.0, -1.0):  # grad_alpha L_train(w +- r v, alpha)
             with torch.no_grad():

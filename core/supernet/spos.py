@@ -27,9 +27,11 @@ Training checkpoints atomically after every epoch and resumes from the last
 completed one (`checkpoint=` path): paths, shuffling and dropout are seeded
 per epoch, so a resumed run gives the same supernet as an uninterrupted one.
 
-On a GPU the loop does not wait for the host every step: the loss and what
-the task's loss logs are summed on the device and read once per `log_every`
-steps (`core.engine.meter.StepMeter`; a NaN loss stops training at that read).
+On a GPU the loop does not wait for the host every step: batches of an
+in-memory tensor dataset are gathered on the device
+(`core.task.task_batches`), and the loss and what the task's loss
+logs are summed on the device and read once per `log_every` steps
+(`core.engine.meter.StepMeter`; a NaN loss stops training at that read).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from tqdm.auto import tqdm
 from core.engine.progress import progress_enabled
 from core.engine.data import DataSplits, to_device
 from core.engine.meter import StepMeter
-from core.task import Task
+from core.task import Task, task_batches
 from core.engine.runs import load_checkpoint, save_checkpoint
 from core.api import Arch, SearchSpace, activate
 
@@ -172,7 +174,8 @@ class SPOSTrainer:
         epoch_seed = self.seed * 1_000_003 + epoch
         rng = random.Random(epoch_seed)
         torch.manual_seed(epoch_seed)
-        loader = self.task.loader(self.data.train, self.batch_size, shuffle=True, seed=epoch_seed)
+        loader = task_batches(self.task, self.data.train, self.batch_size, shuffle=True, seed=epoch_seed,
+                              device=self.device)
         trainable = self._trainable
         trainable.train()
         started = time.perf_counter()

@@ -30,17 +30,20 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader: Iterable) -> dict[str, float]:
-    """Top-1, top-5 (as fractions) and mean cross-entropy of `model` over `loader`."""
+    """Top-1, top-5 (as fractions) and mean cross-entropy of `model` over `loader` (batches moved to the model's
+    device; the sums stay there until the end: one host read in all)."""
     model.eval()
-    n, loss, correct = 0, 0.0, {1: 0, 5: 0}
+    n, sums = 0, None
     for x, y in batches_on(loader, model):
         out = model(x)
         logits = out[0] if isinstance(out, tuple) else out
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        for k, v in topk_correct(logits, y).items():
-            correct[k] += v
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])
+        step = torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                            hits[:, :1].any(1).sum().double(), hits.any(1).sum().double()])
+        sums = step if sums is None else sums + step
         n += len(y)
-    return {"accuracy": correct[1] / max(n, 1), "top5": correct[5] / max(n, 1), "loss": loss / max(n, 1)}
+    loss, top1, top5 = sums.cpu().tolist() if sums is not None else (0.0, 0.0, 0.0)
+    return {"accuracy": top1 / max(n, 1), "top5": top5 / max(n, 1), "loss": loss / max(n, 1)}
 
 
 __all__ = ["classification_loss", "topk_correct", "evaluate_classifier"]

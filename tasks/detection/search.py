@@ -186,7 +186,7 @@ class HitDetSearcher(BilevelSearcher):
     def weight_loss(self, model: nn.Module, batch: Any, warmup: bool) -> tuple[torch.Tensor, dict[str, float]]:
         images, targets = batch
         loss, _ = detection_loss(model, images, targets)
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}  # summed on the device by the bilevel loop
 
     def arch_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """L_det + lambda * (C_b + C_n + C_h)."""
@@ -194,7 +194,7 @@ class HitDetSearcher(BilevelSearcher):
         det, _ = detection_loss(model, images, targets)
         cost = sum(self.cost(model).values())
         loss = det + self.flops_lambda * cost
-        return loss, {"arch_loss": float(loss.detach()), "cost": float(cost.detach())}
+        return loss, {"arch_loss": loss.detach(), "cost": cost.detach()}
 
     def epoch_summary(self, model: nn.Module, epoch: int, sums: dict[str, float], steps: int,
                       warmup: bool) -> dict[str, Any]:

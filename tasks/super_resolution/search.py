@@ -193,8 +193,8 @@ class TrilevelSearcher(BilevelSearcher):
         """Fidelity + MACs term + sorting term on an architecture-half batch."""
         lr, hr = batch
         terms = self.arch_terms(model, lr, hr)
-        self._last_macs = float(terms["macs"].detach())
-        return terms["total"], {"arch_fidelity": float(terms["fidelity"].detach()) * len(lr), "n_arch": len(lr)}
+        self._last_macs = terms["macs"].detach()  # read at the end of the epoch: no host read per step
+        return terms["total"], {"arch_fidelity": terms["fidelity"].detach() * len(lr), "n_arch": len(lr)}
 
     def weight_loss(self, model: TrilevelSupernet, batch: Any, warmup: bool) -> tuple[torch.Tensor, dict[str, float]]:
         """The sandwich rule: relaxed + widest + narrowest (warm-up: widest + narrowest + one random)."""
@@ -205,7 +205,7 @@ class TrilevelSearcher(BilevelSearcher):
             model.width_mode = mode
             total = total + self._fidelity(model(lr), lr, hr)
         model.width_mode = "relaxed"
-        return total, {"train_loss": total.item() * len(lr), "n": len(lr)}
+        return total, {"train_loss": total.detach() * len(lr), "n": len(lr)}
 
     def _adapt_macs_weight(self, expected: float) -> None:
         """Double the MACs weight above the band's top, halve it below its bottom (the derivative code's rule)."""
@@ -263,7 +263,7 @@ class TrilevelSearcher(BilevelSearcher):
     def epoch_summary(self, model: TrilevelSupernet, epoch: int, sums: dict[str, float], steps: int,
                       warmup: bool) -> dict[str, Any]:
         if sums.get("n_arch"):
-            expected = self._last_macs
+            expected = float(self._last_macs)
         else:
             with torch.no_grad():
                 expected = float(model.expected_macs(self.out_hw))

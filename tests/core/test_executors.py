@@ -16,6 +16,7 @@ def archs(*dos):
     return [Arch({"do": do, "x": i}) for i, do in enumerate(dos)]
 
 
+@pytest.mark.slow
 def test_process_pool_workers_evaluate_in_order_and_a_death_or_timeout_fails_only_its_candidate():
     start = time.monotonic()
     results = ProcessExecutor(workers=2, threads=1).map(
@@ -36,6 +37,7 @@ def test_serial_timeout_fails_the_candidate_and_goes_on():
     assert results[1].ok and results[1].metrics["pid"] == os.getpid()
 
 
+@pytest.mark.slow
 def test_gpus_per_trial_pin_cuda_visible_devices_per_worker():
     whole = ProcessExecutor(num_gpus=1, gpus=[0, 1])
     assert whole.workers == 2 and [whole.visible_devices(s) for s in range(2)] == ["0", "1"]

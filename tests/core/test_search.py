@@ -35,6 +35,7 @@ def test_strategies_are_deterministic_per_seed(onemax_space, tmp_path):
     assert [x.key for x, _ in a.trials] != [x.key for x, _ in c.trials]
 
 
+@pytest.mark.slow
 def test_evolution_beats_random_on_average(onemax_space, tmp_path):
     evo, rnd = [], []
     for seed in range(8):
@@ -128,6 +129,7 @@ def _journal_rows(run_dir):
         db.close()
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     full.mkdir(), killed.mkdir()
@@ -172,6 +174,7 @@ def test_latency_constraint_from_a_lookup_table(tmp_path):
     assert again["latency_ms"] == result.metrics["latency_ms"]  # answered from the saved table, not re-timed
 
 
+@pytest.mark.slow
 def test_thirty_evaluation_search_with_real_training(tmp_path):
     from core.evaluation.train import TrainEvaluator
     from core.zoo.mobile import digits_space

@@ -101,6 +101,7 @@ def test_a_strategy_that_plans_rounds_waits_for_them(onemax_space, tmp_path):
     assert strategy.pending_at_refill == [0, 0, 0, 0]  # every round planned after the previous one was told
 
 
+@pytest.mark.slow
 def test_evaluator_timeout_fails_the_candidate_and_the_search_goes_on(onemax_space, tmp_path):
     start = time.monotonic()
     summary = search(onemax_space, RandomSearch(onemax_space, seed=0), Hangs(), tmp_path / "t.sqlite", 12)

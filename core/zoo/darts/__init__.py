@@ -28,9 +28,10 @@ from core.zoo.darts.ops import (CELL_TYPES, OPS, PRIMITIVES, DilConv, Factorized
                                 drop_path, make_op)
 from core.zoo.darts.space import DartsSpace, check_op_names
 from core.zoo.darts.supernet import SearchCell, SearchNetwork, derive_genotype, parse_cell, steps_for_edges
+from core.zoo.darts.fused import FusedMixture, fuse_edges
 
 __all__ = ["PRIMITIVES", "CELL_TYPES", "OPS", "Zero", "ReLUConvBN", "SepConv", "DilConv", "FactorizedReduce",
            "make_op", "drop_path", "Genotype", "DARTS_V1", "DARTS_V2", "DARTS", "GENOTYPES", "make_genotype",
            "parse_genotype", "to_genotype", "genotype_to_arch", "arch_to_genotype", "Cell", "AuxiliaryHeadCIFAR",
            "NetworkCIFAR", "count_parameters", "SearchCell", "SearchNetwork", "derive_genotype", "DartsSpace",
-           "check_op_names", "parse_cell", "steps_for_edges"]
+           "check_op_names", "parse_cell", "steps_for_edges", "FusedMixture", "fuse_edges"]

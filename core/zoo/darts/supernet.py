@@ -10,6 +10,7 @@ from torch import nn
 
 from core.api import Choice, ChoiceModule, set_mixture
 from core.api.modules import choice_modules
+from core.api.relax import is_sparse
 from core.zoo.darts.genotypes import Genotype
 from core.zoo.darts.network import cell_plan
 from core.zoo.darts.ops import CELL_TYPES, FactorizedReduce, ReLUConvBN, make_op
@@ -50,9 +51,17 @@ class SearchCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self._steps):
-            states.append(sum(self._ops[offset + j](h) for j, h in enumerate(states)))
+            states.append(sum(self._edge(offset + j, h) for j, h in enumerate(states)))
             offset += len(states) - 1
         return torch.cat(states[2:], dim=1)
+
+    def _edge(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """Edge k on state h: its fused mixture when `core.zoo.darts.fused.fuse_edges` set one and it applies."""
+        fused = self.__dict__.get("fused")
+        edge = self._ops[k]
+        if fused is not None and edge.mode == "mixture" and not is_sparse(edge.relaxation):
+            return fused[k](h)
+        return edge(h)
 
 
 class SearchNetwork(nn.Module):

@@ -2,6 +2,7 @@
 affine BN, as DNA's blocks do, so a candidate's score measures how well its features match the teacher's, not the
 scale of its sum of paths."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -37,6 +38,7 @@ def test_student_blocks_end_in_an_affine_bn_recalibrated_per_candidate():
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_dna_scores_rank_the_all_conv_cell_above_a_disconnected_one():
     """A disconnected cell outputs zeros; before the block-output BN its cl_loss (about 0.78 per block) beat
     most connected cells. With the BN, a trained all-conv cell must match the teacher better than a constant."""

@@ -240,6 +240,7 @@ def accuracy(model, dataset):
         return (model(x).argmax(1) == y).float().mean().item()
 
 
+@pytest.mark.slow
 def test_multi_step_chain_trains_assistant_then_student():
     from core.testing import digits
 
@@ -269,6 +270,7 @@ def test_multi_step_chain_trains_assistant_then_student():
         MultiStepDistillation(teacher, [assistant, student], [{"loss": "kd"}], lr=[0.1, 0.1, 0.1])
 
 
+@pytest.mark.slow
 def test_load_teacher_from_local_checkpoints_and_user_modules(tmp_path):
     torch.manual_seed(0)
     source = torchvision.models.resnet18(num_classes=10)

@@ -51,6 +51,7 @@ def test_size_is_exact_and_sampling_reaches_every_arch(space):
     assert Cell201Space(ops=["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3"]).size() == 4096
 
 
+@pytest.mark.slow
 def test_every_arch_builds_and_runs_on_a_digit(space):
     x = torch.randn(1, 1, 8, 8)
     with torch.no_grad():

@@ -112,6 +112,7 @@ def test_second_order_gradient_matches_exact_unrolled_derivative():
     assert all(torch.equal(w, b) for w, b in zip(weights, before))  # weights restored
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [1, 2])
 def test_darts_cells_on_digits_derive_a_buildable_genotype(data, order):
     space = DartsSpace(C=4, layers=3, in_channels=1, num_classes=10)

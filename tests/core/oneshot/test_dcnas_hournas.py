@@ -184,6 +184,7 @@ def hournas(mobile, cost_model, data):
     return strategy, arch, budget
 
 
+@pytest.mark.slow
 def test_hournas_searches_the_vital_blocks_first(hournas, mobile):
     strategy, arch, _ = hournas
     free = [c.name for c in strategy.vital_space.choices if len(c.options) > 1]

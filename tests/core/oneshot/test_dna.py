@@ -44,6 +44,7 @@ def test_published_dna_networks_have_the_paper_parameter_counts(name):
         assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
 
+@pytest.mark.slow
 def test_dna_space_blocks_ops_and_supernet_widths():
     space = DNASpace()
     assert space.num_blocks == 6 and [len(space.block_choices(i)) for i in range(6)] == [2, 4, 4, 4, 4, 1]
@@ -145,6 +146,7 @@ def tiny_run(digits_data, trained_teacher, tmp_path_factory):
     return searcher, arch, ckpt
 
 
+@pytest.mark.slow
 def test_tiny_dna_run_trains_blocks_and_scores_every_path(tiny_run):
     searcher, arch, _ = tiny_run
     space = searcher.space

@@ -91,6 +91,7 @@ def test_channel_bypass_keeps_input_channels_beyond_the_width():
 
 
 # -- channel-level bypass: width 0 is the bypass --------------------------------------------------------
+@pytest.mark.slow
 def test_width_zero_layer_equals_its_bypass(space, trained):
     supernet, _ = trained
     torch.manual_seed(1)
@@ -223,6 +224,7 @@ def test_budget_from_the_objective_constraint(space, trained, data):
     assert space.macs(arch) <= 200000
 
 
+@pytest.mark.slow
 def test_mcd_beats_random_architectures_at_equal_budget(space, trained, data):
     """Median accuracy of MCD over 3 seeds vs. of 9 random archs within the same MACs budget (same scoring)."""
     supernet, _ = trained

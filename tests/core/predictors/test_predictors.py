@@ -67,6 +67,7 @@ def bench():
 
 # -- models on a synthetic target --------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, make, tau_min", [
     ("mlp", lambda s: MLPPredictor(s, epochs=100), 0.8),
     ("lstm", lambda s: LSTMPredictor(s, epochs=60, hidden=32, embedding_dim=32, lr=3e-3), 0.8),
@@ -84,6 +85,7 @@ def test_predictors_rank_a_synthetic_target(space, labelled, name, make, tau_min
     assert PREDICTORS.get(name) is type(model)
 
 
+@pytest.mark.slow
 def test_assessor_without_space_graph_uses_a_chain_graph():
     flat = SearchSpace([Choice(f"c{i}", (0, 1, 2)) for i in range(8)])   # no `graph`: the chain fallback
     adj, labels = chain_graph(flat, flat.default())
@@ -218,6 +220,7 @@ def test_mlp_guided_search_beats_random_on_a_synthetic_target(space):
     assert statistics.median(mlp) < statistics.median(rnd) / 2, (mlp, rnd)
 
 
+@pytest.mark.slow
 def test_assessor_guided_search_beats_random_on_a_synthetic_target(space):
     f = synthetic(space)
     values = sorted((f(a) for a in space.all_archs()), reverse=True)
@@ -234,6 +237,7 @@ def test_assessor_guided_search_beats_random_on_a_synthetic_target(space):
     assert statistics.median(assessor) < 0.75 * statistics.median(rnd), (assessor, rnd)
 
 
+@pytest.mark.slow
 def test_predictor_guided_search_end_to_end_on_the_tabular_benchmark(bench, tmp_path):
     """Search + journal + tabular evaluator, both models. The archs the model picks after the warm-up must be far
     better than the table's average (what random search draws). Queries to the top 1% on the shipped table:
@@ -253,6 +257,7 @@ def test_predictor_guided_search_end_to_end_on_the_tabular_benchmark(bench, tmp_
         assert bench.rank(summary.best_arch) <= 0.1 * len(bench.values())
 
 
+@pytest.mark.slow
 def test_assessor_kendall_tau_with_100_labelled_archs(bench):
     """Kendall tau on the 629 unlabelled archs of the table (100 labelled, median of 3 samples), next to the MLP.
 

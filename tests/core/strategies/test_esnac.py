@@ -142,6 +142,7 @@ def test_esnac_is_registered_and_deterministic(tmp_path):
     assert len(strategy.kernels) == 3 and len(strategy.top(4)) == 4
 
 
+@pytest.mark.slow
 def test_esnac_beats_random_on_a_cell_landscape():
     space = Cell201Space()
     ev = FunctionEvaluator(synthetic_cell_accuracy, "synthetic")
@@ -162,6 +163,7 @@ def _table_or_skip():
     return TabularEvaluator()
 
 
+@pytest.mark.slow
 def test_esnac_runs_on_the_tabular_benchmark_and_finds_good_cells():
     """End to end on the tabular evaluator: 20 queries, 5 seeds; the arch each search returns (best validation
     accuracy) is ranked by the table's mean of validation and test accuracy (validation alone ties in groups).

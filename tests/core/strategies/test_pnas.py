@@ -83,6 +83,7 @@ def test_beam_grows_one_block_per_level(space):
     assert len(s.tokenizer(s.levels[1][0], 2)) == 2
 
 
+@pytest.mark.slow
 def test_pnas_is_registered_deterministic_and_resumable(space, tmp_path):
     assert STRATEGIES.get("pnas") is PNAS
     cfg = {"name": "pnas", "beam_size": 4, "blocks": ["cell.e01", ["cell.e02", "cell.e12"], "cell.e"],
@@ -110,6 +111,7 @@ def test_pnas_is_registered_deterministic_and_resumable(space, tmp_path):
     assert resumed.replayed == 20 and [x for x, _ in resumed.trials][:20] == [x for x, _ in a.trials]
 
 
+@pytest.mark.slow
 def test_pnas_on_darts_space_grows_node_by_node():
     darts = DartsSpace(C=8, layers=3)
     s = PNAS(darts, seed=0, beam_size=3, initial=6, **FAST)
@@ -126,6 +128,7 @@ def test_pnas_on_darts_space_grows_node_by_node():
         assert any(set(arch.diff(p)) <= set(s.blocks[2]) for p in s.levels[1])
 
 
+@pytest.mark.slow
 def test_pnas_keeps_going_after_the_last_block(space):
     s = PNAS(space, seed=0, beam_size=4, **FAST)
     _, best = drive(s, lambda a: Result(metrics=synthetic(a)), 40)
@@ -133,6 +136,7 @@ def test_pnas_keeps_going_after_the_last_block(space):
     assert best == max(synthetic(a)["accuracy"] for a in space.all_archs())
 
 
+@pytest.mark.slow
 def test_pnas_beats_random_on_a_synthetic_target(space):
     values = sorted((synthetic(a)["accuracy"] for a in space.all_archs()), reverse=True)
     target = values[math.ceil(0.01 * len(values)) - 1]

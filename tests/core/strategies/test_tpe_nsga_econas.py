@@ -129,6 +129,7 @@ def test_tpe_tells_failures_and_infeasible_archs_as_worst(weighted, tmp_path):
     assert all(t.state.name == "COMPLETE" for t in strategy.study.trials)
 
 
+@pytest.mark.slow
 def test_tpe_beats_random_on_a_structured_landscape(weighted):
     space, score, optimum = weighted
     ev = FunctionEvaluator(score, "weighted")

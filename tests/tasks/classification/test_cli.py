@@ -23,6 +23,7 @@ def _only(folder: Path, pattern: str) -> Path:
     return found[0]
 
 
+@pytest.mark.slow
 def test_search_train_test_export_profile(tmp_path, capsys):
     run = [f"run.dir={tmp_path}"]
     assert main(["search", QUICK, *TINY, *run, "--no-progress"]) == 0
@@ -52,6 +53,7 @@ def test_search_train_test_export_profile(tmp_path, capsys):
     assert "macs" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_continues_a_search(tmp_path):
     args = [*TINY, "retrain.enabled=false", f"run.dir={tmp_path}", "--no-progress"]
     assert main(["search", QUICK, *args]) == 0
@@ -95,6 +97,7 @@ def test_parallel_search_settings_fail_in_one_line(override, expected, tmp_path,
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_config_file_names_the_path():
     proc = _cli("train", "configs/nope.yaml")
     assert proc.returncode == 2 and "config file not found" in proc.stderr and "nope.yaml" in proc.stderr
@@ -119,6 +122,7 @@ def test_search_on_a_process_pool_through_the_cli(tmp_path):
     assert summary["trials"] - summary["infeasible"] == 8 and summary["evaluations"] == 8 and summary["failed"] == 0
 
 
+@pytest.mark.slow
 def test_multi_fidelity_and_one_shot_searches_through_the_cli(tmp_path):
     econas = str(ROOT / "configs/classification/econas_tabular.yaml")
     assert main(["search", econas, f"run.dir={tmp_path}", "search.budget=120", "--no-progress"]) == 0

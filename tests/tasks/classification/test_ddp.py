@@ -48,6 +48,7 @@ def test_which_strategies_re_run_the_command():
     assert not relaunches_command({"strategy": "auto", "devices": 4, "num_nodes": 1})
 
 
+@pytest.mark.slow
 def test_a_search_that_retrains_with_relaunching_ddp_is_refused_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "core.cli", "search", QUICK, f"run.dir={tmp_path}",
                            "train.strategy=ddp", "train.devices=2"], cwd=ROOT, capture_output=True, text=True,

@@ -48,6 +48,7 @@ def _train(tmp_path, config: str, *extra: str) -> Path:
     return found[0]
 
 
+@pytest.mark.slow
 def test_widened_binary_resnet_is_squeezed_during_training_and_reloads(tmp_path):
     model_pt = _train(tmp_path, "qnn_widen_squeeze.yaml", "space.depth=8", "train.epochs=4")
     assert (model_pt.parent / "widened").is_dir()
@@ -60,6 +61,7 @@ def test_widened_binary_resnet_is_squeezed_during_training_and_reloads(tmp_path)
     assert isinstance(block.conv1, BinaryConv2d) and block.conv1.out_channels == 64  # 32 x 4 x 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,extra", [
     ("disout_resnet.yaml", ["space.depth=8"]),
     ("epitome_mobilenet.yaml", []),

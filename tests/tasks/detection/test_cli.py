@@ -17,6 +17,7 @@ TINY = ["data.image_size=64", "data.train=12", "data.val=4", "data.test=4", "spa
         "detection.draw=2", "retrain.baselines=[]"]
 
 
+@pytest.mark.slow
 def test_search_retrain_and_test_write_detections_map_table_and_grid(tmp_path):
     args = TINY + [f"run.dir={tmp_path}", f"data.root={tmp_path / 'shapes'}"]
     assert main(["search", "configs/detection/hitdet_shapes.yaml", *args, "--no-progress"]) == 0

@@ -110,6 +110,7 @@ def test_arch_steps_wait_for_arch_start_epoch(tiny_data):
         HitDetSearcher(space, epochs=2, arch_start_epoch=2)
 
 
+@pytest.mark.slow
 def test_end_to_end_search_derives_a_detector_that_trains_and_is_measured(tiny_data, tmp_path):
     space = HitDetectorSpace(num_classes=tiny_data.num_classes, **TINY)
     ckpt = tmp_path / "searcher.pt"

@@ -70,6 +70,7 @@ def test_kd_loss_is_ce_plus_100_mse_of_normalised_embeddings_and_falls():
     assert parts["kd"] < 0.5 * first
 
 
+@pytest.mark.slow
 def test_short_second_order_search_derives_a_valid_genotype():
     torch.manual_seed(0)
     x = torch.randn(24, 3, 16, 16)
@@ -99,6 +100,7 @@ def _config(tmp_path, name, **sections):
     return str(path)
 
 
+@pytest.mark.slow
 def test_cli_teacher_then_multistep_kd_student_then_test(tmp_path, capsys):
     teacher_space = {"name": "face_backbone", "model": "iresnet18", "width": 0.125, "embedding_size": 16}
     assert main(["train", _config(tmp_path, "teacher", space=teacher_space), "--no-progress"]) == 0

@@ -69,6 +69,7 @@ def test_rate_estimate_matches_the_bitstream():
     assert abs(len(data) - estimate_bytes) < overhead + 0.02 * estimate_bytes
 
 
+@pytest.mark.slow
 def test_decoding_in_another_process_gives_the_same_image_bit_for_bit(tmp_path):
     codec = _codec(ScaleHyperprior, seed=2)
     torch.save(codec.state_dict(), tmp_path / "codec.pt")

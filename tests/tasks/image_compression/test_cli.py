@@ -103,6 +103,7 @@ def test_search_under_a_macs_limit(tmp_path):
     assert metrics["bpp@0.005"] > 0
 
 
+@pytest.mark.slow
 def test_the_shipped_search_config_builds_its_space_and_evaluator():
     from core.engine.config import load_config
     from core.engine.registry import EVALUATORS

@@ -1,5 +1,6 @@
 """Training: the loss falls, the run has the asked number of steps, the tables come out usable."""
 
+import pytest
 import torch
 
 from tasks.image_compression.losses import RateDistortionLoss
@@ -13,6 +14,7 @@ def _crops(n=16, size=32, seed=0):
     return list(torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False))
 
 
+@pytest.mark.slow
 def test_rate_distortion_loss_falls_and_the_codec_becomes_usable():
     torch.manual_seed(0)
     codec = ScaleHyperprior(16, 16, 2, hyper_channels=8)
@@ -28,6 +30,7 @@ def test_rate_distortion_loss_falls_and_the_codec_becomes_usable():
     assert codec.decompress(codec.compress(image)).shape == image.shape
 
 
+@pytest.mark.slow
 def test_a_larger_lambda_buys_quality_with_bits():
     """(The factorized density starts nearly flat, so the rate needs ~100 steps before it bites.)"""
     results = {}

@@ -10,6 +10,7 @@ from core.engine.registry import ConfigError
 from tasks.image_translation.data import make_embedded_tiles, translation_embedded, translation_folders
 
 
+@pytest.mark.slow
 def test_embedded_tiles_are_deterministic_disjoint_and_grey_of_colour():
     first = make_embedded_tiles("colorize", short_sides=(128,))
     second = make_embedded_tiles("colorize", short_sides=(128,))

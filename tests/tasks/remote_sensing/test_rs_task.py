@@ -29,6 +29,7 @@ def _only(folder: Path, pattern: str) -> Path:
     return found[0]
 
 
+@pytest.mark.slow
 def test_train_then_test_writes_maps_plots_and_the_static_network(tmp_path, capsys):
     assert main(["train", RESNET, *TINY, f"run.dir={tmp_path}", "--no-progress"]) == 0
     run = _only(tmp_path / "embedded_resnet18", "*-train")
@@ -76,6 +77,7 @@ def test_loss_is_class_weighted_cross_entropy_plus_the_weighted_regulariser_and_
     assert float(loss) < 0.5 * first
 
 
+@pytest.mark.slow
 def test_unet_on_tiles_trains_and_writes_the_map(tmp_path):
     tiny = ["data.size=[48,64]", "data.tile_size=16", "data.tile_stride=8", "data.train_per_class=40",
             "space.width=4", "train.epochs=1", "train.log_every_n_steps=1"]
@@ -88,6 +90,7 @@ def test_unet_on_tiles_trains_and_writes_the_map(tmp_path):
         assert out.read(1).shape == (48, 64) and out.crs.to_epsg() == 32616
 
 
+@pytest.mark.slow
 def test_evolution_search_then_retrain_against_the_hand_set_network(tmp_path):
     args = [*TINY, "search.budget=3", "evaluator.epochs=1", "train.epochs=1", "objective.constraints=[macs<=1e6]",
             "retrain.baselines=[dgconv]", f"run.dir={tmp_path}", "--no-progress"]

@@ -26,6 +26,7 @@ def _only(folder: Path, pattern: str) -> Path:
     return found[0]
 
 
+@pytest.mark.slow
 def test_search_train_test(tmp_path, capsys):
     run = [f"run.dir={tmp_path}"]
     assert main(["search", CONFIG, *TINY, *run, "--no-progress"]) == 0

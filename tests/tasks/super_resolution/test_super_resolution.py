@@ -100,6 +100,7 @@ def test_expected_macs_lives_on_the_arch_parameters_device():
     assert sup.expected_macs((20, 24)).device.type == "meta"
 
 
+@pytest.mark.slow
 def test_search_derives_a_network_that_trains_and_beats_bicubic(tmp_path):
     torch.manual_seed(0)
     space = tiny_space()
