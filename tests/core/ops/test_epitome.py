@@ -99,3 +99,22 @@ def test_a_learned_epitome_mobile_net_trains():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+
+
+def test_learned_sampling_keeps_the_network_gradients_of_tile_sampling():
+    # the learners predict start indices from the layer inputs; their gradient must not flow back into the
+    # network, where it compounded layer by layer (epitome gradients ~1e5 times the tile net's at initialisation)
+    def stack(sampling):
+        torch.manual_seed(0)
+        spec = (("multiplier", 2), ("name", "epitome_conv"), ("sampling", sampling))
+        return nn.Sequential(*[InvertedResidual(16, 16, 1, 3, 6, pointwise=spec) for _ in range(4)])
+
+    x = torch.randn(8, 16, 8, 8)
+    norms = {}
+    for sampling in ("tile", "learned"):
+        net = stack(sampling).train()
+        net(x).square().mean().backward()
+        first = net[0].expand[0]
+        assert first.learner is None or first.learner[0].weight.grad.abs().sum() > 0
+        norms[sampling] = float(first.weight.grad.norm())
+    assert norms["learned"] < 10 * norms["tile"]
