@@ -52,6 +52,7 @@ from core.search import Search  # noqa: E402
 from core.zoo.mobile import digits_space  # noqa: E402
 from core.strategies import RegularizedEvolution  # noqa: E402
 from tasks.classification.data import digits  # noqa: E402
+from tasks.classification.task import ClassificationTask  # noqa: E402
 
 
 def nothing(arch) -> dict[str, float]:
@@ -92,7 +93,7 @@ def executors(with_ray: bool, workers: int):
 
 def throughput(args) -> list[dict]:
     space, data = digits_space(), digits()
-    evaluator = TrainEvaluator(space, data, epochs=1, batch_size=32, lr=0.1, sample_ratio=0.25, threads=1)
+    evaluator = TrainEvaluator(space, data, ClassificationTask({}), epochs=1, batch_size=32, lr=0.1, sample_ratio=0.25, threads=1)
     rng = random.Random(0)
     archs = [space.sample(rng) for _ in range(args.evals)]
     rows, base = [], {}
