@@ -105,6 +105,9 @@ def fit_codec(codec: Codec, dataset: Dataset, loss: RateDistortionLoss, steps: i
                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
                         log_every_n_steps=max(1, min(50, steps // 10)),
                         default_root_dir=str(run_dir) if run_dir else None)
+    # Lightning keeps each module's train/eval flag at the start of fit: a codec that was trained before (and
+    # left in eval mode by update()) would fine-tune with rounding instead of noise, so g_a got no gradient
+    codec.train()
     trainer.fit(module, loader)
     codec.cpu().eval()
     codec.update()

@@ -41,3 +41,21 @@ def test_a_larger_lambda_buys_quality_with_bits():
         results[lmbda] = (sum(h["bpp"] for h in history[-10:]) / 10, sum(h["mse"] for h in history[-10:]) / 10)
     assert results[0.5][0] > 1.5 * results[0.0002][0]  # more bits
     assert results[0.5][1] < 0.5 * results[0.0002][1]  # less distortion
+
+
+def test_fine_tuning_a_trained_codec_trains_in_train_mode():
+    """A codec left in eval mode by a first fit (update()) must fine-tune with noise, not rounding, so that
+    g_a gets gradients (Lightning keeps each module's mode at the start of fit)."""
+    torch.manual_seed(0)
+    codec = ScaleHyperprior(8, 8, 2, hyper_channels=8)
+    crops = _crops(n=8)
+    fit_codec(codec, crops, RateDistortionLoss(0.01), steps=2, batch_size=4, seed=0)
+    assert not codec.training
+    modes = []
+    handle = codec.g_a.register_forward_hook(lambda module, inputs, output: modes.append(module.training))
+    before = [p.detach().clone() for p in codec.g_a.parameters()]
+    fit_codec(codec, crops, RateDistortionLoss(0.01), steps=2, batch_size=4, seed=0)
+    handle.remove()
+    assert modes[:2] == [True, True]
+    assert any(not torch.equal(a, b) for a, b in zip(before, codec.g_a.parameters()))
+    assert codec.ready and not codec.training
