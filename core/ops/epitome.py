@@ -30,7 +30,14 @@ interpolation between the two neighbouring positions when s_i is fractional,
   and a running mean of them (momentum 0.1) is kept as the routing map;
   evaluation uses the routing map, so the learner is training-only and is
   not counted in the inference parameters (`inference_parameters`).
-  `index_range` defaults to n (any start on the cyclic axis).
+  `index_range` defaults to 1, the released code's reach: its copy i is
+  `c_i * E + (1 - c_i) * roll(E, 1)` (`generate_share_weight`), the epitome
+  interpolated with itself shifted by one channel, so a start moves within
+  neighbouring channels. A larger range lets a
+  copy start anywhere on the cyclic axis (n for the whole axis), but then
+  the starts, computed from each training batch, move by many channels
+  between steps and every move reassigns what the sampled channels mean: at
+  n the network stays at chance (`docs/operators.md`).
 
 Because every copy is a (fractionally) shifted E and a convolution is
 linear in its weight, all three are computed at the epitome's cost: for
@@ -112,8 +119,10 @@ class EpitomeConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(*shape, kernel_size, kernel_size))
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        if index_range is not None and (not isinstance(index_range, (int, float)) or index_range <= 0):
+            raise ConfigError(f"index_range: expected a positive number of channels, got {index_range!r}")
         self.stride_channels = int(stride_channels)
-        self.index_range = float(self.compact if index_range is None else index_range)
+        self.index_range = 1.0 if index_range is None else float(index_range)
         self.register_buffer("routing", torch.zeros(self.copies))
         if sampling == "fixed":
             self.routing.copy_(torch.arange(self.copies, dtype=torch.float32) * self.stride_channels)

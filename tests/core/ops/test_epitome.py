@@ -62,9 +62,23 @@ def test_learned_sampling_is_a_convolution_with_the_interpolated_weight(dim):
     assert inference_parameters(conv) == conv.weight.numel() < count_params(conv)
 
 
+def test_learned_starts_reach_one_channel_by_default_as_released():
+    # the released NES copy is c * E + (1 - c) * E shifted by one channel: starts move within neighbours
+    torch.manual_seed(0)
+    conv = EpitomeConv2d(16, 64, dim="out", multiplier=2, sampling="learned").train()
+    assert conv.index_range == 1.0
+    for _ in range(5):
+        starts = conv.starts(torch.randn(4, 16, 6, 6))
+        assert starts.abs().max() <= 1.0 + 1e-6 and starts.abs().max() > 0.1
+    wide = EpitomeConv2d(16, 64, dim="out", multiplier=2, sampling="learned", index_range=32).train()
+    assert wide.starts(torch.randn(4, 16, 6, 6)).abs().max() > 1.0
+
+
 def test_bad_keys_name_themselves():
     with pytest.raises(ConfigError, match="sampling"):
         EpitomeConv2d(2, 2, sampling="random")
+    with pytest.raises(ConfigError, match="index_range"):
+        EpitomeConv2d(2, 2, sampling="learned", index_range=0)
     with pytest.raises(ConfigError, match="space.pointwise.multiplyer: unknown key"):
         MobileSpace(pointwise={"name": "epitome_conv", "multiplyer": 2})
 
