@@ -11,8 +11,9 @@ by default); accuracy is the mean +- sample std over seeds, then each seed.
 MACs are multiply-accumulates at 32x32 (torch FlopCounterMode FLOPs / 2).
 `--quick` shrinks everything to a smoke run; `--threads` (default 1) sets
 torch's CPU threads; `--device cuda` and `--jobs N` (N runs at once, in
-separate processes) are for a GPU machine. The defaults are sized to finish
-in about 40 minutes per sub-command on one CPU core.
+separate processes) also halves the wall time on two CPU cores. With
+`--jobs 2` on two cores the defaults take about 10 to 45 minutes per
+sub-command (qnn, 3 seeds of 60 epochs: 42 minutes).
 
 Recipes (shared by every row of a sub-command):
 
@@ -337,11 +338,11 @@ def jobs_epitome(args, recipe: Recipe) -> tuple[list[Job], list[str]]:
 
 
 COMMANDS = {"data": jobs_data, "disout": jobs_disout, "qnn": jobs_qnn, "epitome": jobs_epitome}
-DEFAULTS = {  # the full CPU run of each sub-command: about 40 minutes on one idle core
+DEFAULTS = {  # the full CPU runs measured in docs/operators.md (qnn: 42 minutes, epitome: 11, with --jobs 2)
     "data": dict(epochs=20, seeds=[0]),
     "disout": dict(epochs=20, seeds=[0, 1, 2], depth=8, width=8),
     "qnn": dict(epochs=60, seeds=[0, 1, 2], depth=8, width=8),
-    "epitome": dict(epochs=10, seeds=[0], mobile_width=0.5),
+    "epitome": dict(epochs=10, seeds=[0, 1], mobile_width=0.5),
 }
 
 
