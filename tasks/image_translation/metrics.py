@@ -114,15 +114,16 @@ def train_photo_classifier(steps: int = 400, seed: int = 0) -> PhotoClassifier:
     model = PhotoClassifier(int(labels.max()) + 1)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(images), (32,), generator=g)
-        x = images[idx]
-        flip = torch.rand(len(idx), generator=g) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        loss = F.cross_entropy(model(x), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with torch.enable_grad():  # also when `test` asks for it inside a no-grad evaluation
+        for _ in range(steps):
+            idx = torch.randint(len(images), (32,), generator=g)
+            x = images[idx]
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return model.eval()
 
 
