@@ -33,8 +33,7 @@ interpolation between the two neighbouring positions when s_i is fractional,
   `index_range` defaults to 1, the released code's reach: its copy i is
   `c_i * E + (1 - c_i) * roll(E, 1)` (`generate_share_weight`), the epitome
   interpolated with itself shifted by one channel, so a start moves within
-  neighbouring channels. A larger range lets a
-  copy start anywhere on the cyclic axis (n for the whole axis), but then
+  neighbouring channels. A larger range lets a copy start anywhere on the cyclic axis (n for the whole axis), but then
   the starts, computed from each training batch, move by many channels
   between steps and every move reassigns what the sampled channels mean: at
   n the network stays at chance (`docs/operators.md`).
@@ -100,7 +99,7 @@ class EpitomeConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
                  padding: int | None = None, dim: str = "out", multiplier: float = 2.0, sampling: str = "tile",
-                 stride_channels: int = 1, index_range: float | None = None, bias: bool = False):
+                 stride_channels: int = 1, index_range: float = 1.0, bias: bool = False):
         super().__init__()
         if dim not in ("out", "in"):
             raise ConfigError(f"dim: expected 'out' (expand convs) or 'in' (project convs), got {dim!r}")
@@ -119,10 +118,10 @@ class EpitomeConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(*shape, kernel_size, kernel_size))
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        if index_range is not None and (not isinstance(index_range, (int, float)) or index_range <= 0):
+        if isinstance(index_range, bool) or not isinstance(index_range, (int, float)) or index_range <= 0:
             raise ConfigError(f"index_range: expected a positive number of channels, got {index_range!r}")
         self.stride_channels = int(stride_channels)
-        self.index_range = 1.0 if index_range is None else float(index_range)
+        self.index_range = float(index_range)
         self.register_buffer("routing", torch.zeros(self.copies))
         if sampling == "fixed":
             self.routing.copy_(torch.arange(self.copies, dtype=torch.float32) * self.stride_channels)
@@ -197,7 +196,7 @@ def inference_parameters(model: nn.Module) -> int:
 @OPS.register("epitome_conv")
 def make_epitome_conv(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, dim: str = "out",
                       multiplier: float = 2.0, sampling: str = "tile", stride_channels: int = 1,
-                      index_range: float | None = None) -> EpitomeConv2d:
+                      index_range: float = 1.0) -> EpitomeConv2d:
     """An epitome conv; the mobile space passes `dim` ("out" for expand, "in" for project convs)."""
     return EpitomeConv2d(in_channels, out_channels, kernel_size, stride, dim=dim, multiplier=multiplier,
                          sampling=sampling, stride_channels=stride_channels, index_range=index_range)
